@@ -1,0 +1,113 @@
+"""Typed model configuration: the encoder, the decoder and the whole model.
+
+These dataclasses are what `config.json` in an exported model folder holds, and what the Lightning CLI
+exposes under `model.encoder.*` / `model.decoder.*`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class EncoderConfig:
+    """The timm Vision Transformer that turns an image into patch tokens.
+
+    Args:
+        image_size: input side in pixels (square).
+        patch_size: patch side in pixels; the grid is (image_size / patch_size)^2 tokens.
+        dim: token width.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width over `dim`.
+        drop_path: stochastic depth rate (regularisation for small data).
+        class_token: keep timm's class token (needed by most pretrained ViT weights). It is dropped
+            from the tokens the decoder sees: the decoder attends to patches only.
+        pretrained: optional local file (timm `.pth`/`.bin` or `.safetensors`) with ViT weights.
+    """
+
+    image_size: int = 64
+    patch_size: int = 8
+    dim: int = 192
+    depth: int = 4
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    class_token: bool = False
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"encoder.image_size={self.image_size} must be a multiple of encoder.patch_size={self.patch_size}"
+            )
+        if self.dim % self.num_heads:
+            raise ValueError(f"encoder.dim={self.dim} must be divisible by encoder.num_heads={self.num_heads}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class DecoderConfig:
+    """The text decoder: pre-norm blocks of causal self-attention, cross-attention to patches, and MLP.
+
+    Args:
+        vocab_size: set from the tokenizer (0 means "not yet known").
+        dim: token width.
+        depth: number of blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width over `dim`.
+        max_len: longest prompt + generated text, in tokens (size of the position table and KV cache).
+        dropout: dropout on residual branches.
+    """
+
+    vocab_size: int = 0
+    dim: int = 192
+    depth: int = 3
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    max_len: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"decoder.dim={self.dim} must be divisible by decoder.num_heads={self.num_heads}")
+        if self.max_len < 4:
+            raise ValueError(f"decoder.max_len={self.max_len} is too short; use at least 16")
+
+
+@dataclass
+class ModelConfig:
+    """The whole model plus the special token ids generation needs."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig(**self.encoder)
+        if isinstance(self.decoder, dict):
+            self.decoder = DecoderConfig(**self.decoder)
+        if self.decoder.vocab_size and max(self.pad_token_id, self.bos_token_id, self.eos_token_id) >= (
+            self.decoder.vocab_size
+        ):
+            raise ValueError("special token ids must be smaller than decoder.vocab_size")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; expected {sorted(known)}")
+        return cls(**d)

@@ -1,0 +1,219 @@
+"""One DataModule for COCO-captions and VQAv2-format data: a folder in the 2014 layout, or explicit files.
+
+Sampling is image-centric: an item is one image with its texts (one caption and up to
+`questions_per_image` questions in training; every caption and question in validation). Each image is
+decoded and encoded once per step however many texts ask about it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerFast
+
+from vision_attn.data.errors import ImageLoadError
+from vision_attn.data.images import load_image
+from vision_attn.data.readers import ImageRecord, merge_records, read_coco_captions, read_split, read_vqa
+from vision_attn.data.tokenizer import IGNORE, TextCodec, load_tokenizer, train_tokenizer
+from vision_attn.data.transforms import image_transform
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataFiles:
+    """Explicit files of one split (instead of `root`).
+
+    Args:
+        image_dir: folder of the images.
+        captions: COCO captions json (`annotations/captions_*.json`), optional.
+        questions: VQAv2 questions json, optional.
+        annotations: VQAv2 annotations json (answers), needed with `questions` for training.
+    """
+
+    image_dir: str
+    captions: str | None = None
+    questions: str | None = None
+    annotations: str | None = None
+
+
+def read_files(files: DataFiles) -> list[ImageRecord]:
+    if not files.captions and not files.questions:
+        raise ValueError("a split needs `captions` or `questions` (or both)")
+    image_dir = Path(files.image_dir)
+    parts = []
+    names = None
+    if files.captions:
+        caps = read_coco_captions(Path(files.captions), image_dir)
+        parts.append(caps)
+        names = {i: r.path.name for i, r in caps.items()}
+    if files.questions:
+        anns = Path(files.annotations) if files.annotations else None
+        parts.append(read_vqa(Path(files.questions), anns, image_dir, file_names=names))
+    return merge_records(*parts)
+
+
+class ImageTextDataset(Dataset):
+    """Items: image tensor [3, S, S] and its texts as (input_ids, labels, task) triples, or None if unreadable."""
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        codec: TextCodec,
+        image_size: int,
+        max_text_len: int,
+        questions_per_image: int | None,
+        tasks: str,
+    ) -> None:
+        self.records = records
+        self.codec = codec
+        self.transform = image_transform(image_size)
+        self.max_text_len = max_text_len
+        self.questions_per_image = questions_per_image  # None: all (evaluation)
+        self.tasks = tasks
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        rec = self.records[i]
+        try:
+            image = self.transform(load_image(rec.path))
+        except ImageLoadError as e:
+            log.warning("skipping unreadable image: %s", e)
+            return None
+        captions = rec.captions if self.tasks != "vqa" else []
+        questions = [q for q in rec.questions if q.answer is not None] if self.tasks != "caption" else []
+        texts = []
+        if self.questions_per_image is not None:  # training: one random caption, a random subset of questions
+            captions = [random.choice(captions)] if captions else []
+            questions = random.sample(questions, min(len(questions), self.questions_per_image))
+        elif captions:
+            captions = captions[:1]  # evaluation loss on one caption; all captions stay as references
+        for c in captions:
+            texts.append((*self.codec.example(self.codec.caption_prompt(), c, self.max_text_len), 0))
+        for q in questions:
+            texts.append((*self.codec.example(self.codec.vqa_prompt(q.question), q.answer, self.max_text_len), 1))
+        return {"image": image, "texts": texts, "record": rec}
+
+
+def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack images [B, 3, S, S]; right-pad texts to [M, T] with `image_index` [M] and `task` [M]."""
+    kept = [it for it in items if it is not None]
+    batch: dict[str, Any] = {"skipped": len(items) - len(kept), "records": [it["record"] for it in kept]}
+    if not kept:
+        return batch
+    texts = [(t, b) for b, it in enumerate(kept) for t in it["texts"]]
+    T = max((len(t[0]) for t, _ in texts), default=1)
+    ids = torch.zeros(len(texts), T, dtype=torch.long)  # pad id is 0; padded positions carry IGNORE labels
+    labels = torch.full((len(texts), T), IGNORE, dtype=torch.long)
+    for m, ((x, y, _), _) in enumerate(texts):
+        ids[m, : len(x)] = torch.tensor(x)
+        labels[m, : len(y)] = torch.tensor(y)
+    batch.update(
+        images=torch.stack([it["image"] for it in kept]),
+        input_ids=ids,
+        labels=labels,
+        image_index=torch.tensor([b for _, b in texts], dtype=torch.long),
+        task=torch.tensor([t[2] for t, _ in texts], dtype=torch.long),
+    )
+    return batch
+
+
+class VisionAttnDataModule(L.LightningDataModule):
+    """COCO 2014 captions + VQAv2 data (or the built-in synthetic set, which uses the same layout).
+
+    Args:
+        root: a folder in the COCO 2014 + VQAv2 layout (`train2014/`, `val2014/`, `annotations/captions_*.json`,
+            `v2_OpenEnded_mscoco_*_questions.json`, `v2_mscoco_*_annotations.json`). Or give `train_files`/`val_files`.
+        train_split: split name under `root` used for training.
+        val_split: split name under `root` used for validation and testing.
+        train_files: explicit training files (instead of `root`).
+        val_files: explicit validation files (instead of `root`).
+        tasks: train on captions, VQA, or both mixed.
+        image_size: side the images are resized to (linked to the encoder's).
+        batch_size: images per batch (each brings one caption and up to `questions_per_image` questions).
+        questions_per_image: questions sampled per image per training step.
+        max_text_len: prompt + target tokens; longer texts are cut.
+        num_workers: loader worker processes.
+        tokenizer_file: a `tokenizer.json` to use; None trains one on the training text (deterministic).
+        vocab_size: target vocabulary of a trained tokenizer.
+        val_max_images: validate on at most this many images (None: all).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        train_files: DataFiles | None = None,
+        val_files: DataFiles | None = None,
+        tasks: Literal["both", "caption", "vqa"] = "both",
+        image_size: int = 64,
+        batch_size: int = 64,
+        questions_per_image: int = 4,
+        max_text_len: int = 64,
+        num_workers: int = 2,
+        tokenizer_file: str | None = None,
+        vocab_size: int = 8000,
+        val_max_images: int | None = None,
+    ) -> None:
+        super().__init__()
+        if root is None and (train_files is None or val_files is None):
+            raise ValueError("set data.root to a COCO/VQAv2-layout folder, or both data.train_files and data.val_files")
+        self.save_hyperparameters()
+        self.train_records = read_files(train_files) if train_files else read_split(Path(root), train_split)
+        self.val_records = read_files(val_files) if val_files else read_split(Path(root), val_split)
+        if val_max_images is not None:
+            self.val_records = self.val_records[:val_max_images]
+        self.tokenizer: PreTrainedTokenizerFast = (
+            load_tokenizer(tokenizer_file) if tokenizer_file else train_tokenizer(self._training_text(), vocab_size)
+        )
+        self.codec = TextCodec(self.tokenizer)
+        log.info("data: %d training images, %d validation images", len(self.train_records), len(self.val_records))
+
+    def _training_text(self):
+        for r in self.train_records:
+            yield from r.captions
+            for q in r.questions:
+                yield q.question
+                if q.answer:
+                    yield q.answer
+
+    def _dataset(self, records: list[ImageRecord], train: bool) -> ImageTextDataset:
+        hp = self.hparams
+        return ImageTextDataset(
+            records, self.codec, hp.image_size, hp.max_text_len, hp.questions_per_image if train else None, hp.tasks
+        )
+
+    def _loader(self, records: list[ImageRecord], train: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            self._dataset(records, train),
+            batch_size=hp.batch_size,
+            shuffle=train,
+            num_workers=hp.num_workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=hp.num_workers > 0,
+            drop_last=train and len(records) > hp.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_records, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_records, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_records, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.val_records, train=False)

@@ -1,0 +1,108 @@
+"""The tokenizer: byte-level BPE trained locally with HF `tokenizers`, used through PreTrainedTokenizerFast.
+
+Text layouts (ids built here, in one place, for training and generation alike):
+    caption: <bos> <caption> caption-tokens <eos>
+    vqa:     <bos> <vqa> question-tokens <answer> answer-tokens <eos>
+The loss covers only the target tokens (caption or answer) and the final <eos>.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+CAPTION, VQA, ANSWER = "<caption>", "<vqa>", "<answer>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, CAPTION, VQA, ANSWER]  # ids 0..5 in this order
+IGNORE = -100
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000) -> PreTrainedTokenizerFast:
+    """Train a lower-casing byte-level BPE on `texts` (deterministic for the same texts)."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    log.info("trained a BPE tokenizer with %d tokens", tok.get_vocab_size())
+    return wrap(tok)
+
+
+def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        additional_special_tokens=[CAPTION, VQA, ANSWER],
+    )
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a `tokenizer.json` written by `save_tokenizer`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {path}")
+    tok = wrap(Tokenizer.from_file(str(path)))
+    for i, t in enumerate(SPECIAL_TOKENS):
+        if tok.convert_tokens_to_ids(t) != i:
+            raise ValueError(f"{path}: special token {t} must have id {i}; was this tokenizer made by vision-attn?")
+    return tok
+
+
+def save_tokenizer(tok: PreTrainedTokenizerFast, path: str | Path) -> None:
+    tok.backend_tokenizer.save(str(path))
+
+
+class TextCodec:
+    """Builds prompt/target token ids for both tasks and decodes generated ids."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast) -> None:
+        self.tok = tokenizer
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        self.pad, self.bos, self.eos = ids[PAD], ids[BOS], ids[EOS]
+        self.caption, self.vqa, self.answer = ids[CAPTION], ids[VQA], ids[ANSWER]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text.strip(), add_special_tokens=False)
+
+    def caption_prompt(self) -> list[int]:
+        return [self.bos, self.caption]
+
+    def vqa_prompt(self, question: str) -> list[int]:
+        return [self.bos, self.vqa, *self.encode(question), self.answer]
+
+    def example(self, prompt: list[int], target: str, max_len: int) -> tuple[list[int], list[int]]:
+        """Teacher-forcing input ids and labels (labels[t] = ids[t + 1] on target positions, else IGNORE).
+
+        Too-long texts are cut: the prompt keeps its last `max_len // 2` tokens, the target its head.
+        """
+        target_ids = self.encode(target) + [self.eos]
+        if len(prompt) > max_len // 2:
+            prompt = prompt[:2] + prompt[-(max_len // 2 - 2) :]
+        target_ids = target_ids[: max_len - len(prompt)]
+        ids = prompt + target_ids
+        labels = [IGNORE] * (len(prompt) - 1) + target_ids + [IGNORE]
+        return ids, labels[: len(ids)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True).strip()
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tok)

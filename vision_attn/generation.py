@@ -1,0 +1,252 @@
+"""Batched text generation over the KV cache: greedy, beam search and top-p sampling.
+
+Notation: B batch, K beams, P prompt tokens (left-padded), L = P + max_new_tokens, N image tokens, V vocabulary.
+
+Hand-written because decoding is the product: prompts of different lengths are left-padded and given
+their own positions, so a batch gives the same result as each member alone; image keys/values are
+computed once per image and shared by its beams; the cache is preallocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from vision_attn.layers import KVCache
+
+if TYPE_CHECKING:
+    from vision_attn.models import VisionAttnModel
+
+
+@dataclass
+class GenerationOutput:
+    """Per input: generated token ids (prompt and EOS excluded) and the sequence score.
+
+    `scores` are summed log-probabilities (greedy/sampling) or length-normalised beam scores.
+    """
+
+    sequences: list[list[int]]
+    scores: list[float]
+
+
+class _DecodeState:
+    """Caches, key-validity mask and next positions of a left-padded batch during decoding."""
+
+    def __init__(
+        self,
+        model: VisionAttnModel,
+        image_kv: list[tuple[Tensor, Tensor]],
+        prompts: list[list[int]],
+        max_new_tokens: int,
+    ) -> None:
+        dec = model.decoder
+        device = image_kv[0][0].device
+        B, P = len(prompts), max(len(p) for p in prompts)
+        self.max_len = P + max_new_tokens
+        if self.max_len > dec.cfg.max_len:
+            raise ValueError(
+                f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds decoder.max_len={dec.cfg.max_len}"
+            )
+        ids = torch.full((B, P), model.config.pad_token_id, dtype=torch.long, device=device)
+        valid = torch.zeros(B, P, dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError("every prompt needs at least one token")
+            ids[i, P - len(p) :] = torch.tensor(p, device=device)
+            valid[i, P - len(p) :] = True
+        self.model, self.image_kv, self.P = model, image_kv, P
+        self.prompt_ids, self.prompt_valid = ids, valid
+        heads, head_dim = dec.cfg.num_heads, dec.cfg.dim // dec.cfg.num_heads
+        dtype = image_kv[0][0].dtype
+        self.caches = [KVCache(B, heads, self.max_len, head_dim, dtype, device) for _ in dec.blocks]
+        self.key_valid = torch.zeros(B, self.max_len, dtype=torch.bool, device=device)  # [B, L]
+        self.key_valid[:, :P] = valid
+        self.next_pos = valid.sum(-1)  # [B] position of the next token
+        self.cur = 0  # cache slots written
+
+    def prefill(self) -> Tensor:
+        """Run the prompts; return next-token logits [B, V]."""
+        P, valid = self.P, self.prompt_valid
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
+        causal = torch.ones(P, P, dtype=torch.bool, device=valid.device).tril()
+        eye = torch.eye(P, dtype=torch.bool, device=valid.device)
+        # pad queries attend only to themselves, which keeps softmax finite; their outputs are never used
+        mask = (causal & valid[:, None, None, :]) | eye  # [B, 1, P, P]
+        logits, _ = self.model.decoder(self.prompt_ids, self.image_kv, positions, mask, self.caches, 0)
+        self.cur = P
+        return logits[:, -1]
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Feed tokens [B] at the next position; return next-token logits [B, V]."""
+        self.key_valid[:, self.cur] = True
+        mask = self.key_valid[:, None, None, : self.cur + 1]  # [B, 1, 1, S]
+        logits, _ = self.model.decoder(
+            tokens[:, None], self.image_kv, self.next_pos[:, None], mask, self.caches, self.cur
+        )
+        self.cur += 1
+        self.next_pos = self.next_pos + 1
+        return logits[:, -1]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` (beam search)."""
+        for c in self.caches:
+            c.reorder(index)
+        self.key_valid = self.key_valid.index_select(0, index)
+        self.next_pos = self.next_pos.index_select(0, index)
+
+
+@torch.inference_mode()
+def generate(
+    model: VisionAttnModel,
+    images: Tensor,
+    prompts: list[list[int]],
+    image_index: Tensor | None = None,
+    max_new_tokens: int = 32,
+    num_beams: int = 1,
+    do_sample: bool = False,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    length_penalty: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """Continue each prompt about its image until EOS or `max_new_tokens`.
+
+    Args:
+        images: [B_img, 3, H, W]; each is encoded once.
+        prompts: B token-id lists (e.g. `<bos> <caption>` or `<bos> <vqa> question <answer>`).
+        image_index: [B], the image of each prompt (default: prompt i uses image i).
+        num_beams: 1 = greedy (or sampling with `do_sample`); >1 = beam search.
+        top_p, temperature: nucleus sampling settings (only with `do_sample`).
+        length_penalty: beam scores are sum log-prob / length ** length_penalty.
+    """
+    if image_index is None and len(prompts) != images.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if do_sample and not (0.0 < top_p <= 1.0 and temperature > 0):
+        raise ValueError(f"need 0 < top_p <= 1 and temperature > 0, got top_p={top_p}, temperature={temperature}")
+    image_kv = model.decoder.image_kv(model.encode(images))  # per layer 2x[B_img, H, N, D]
+    if image_index is not None:
+        image_kv = [(k[image_index], v[image_index]) for k, v in image_kv]  # 2x[B, H, N, D]
+    state = _DecodeState(model, image_kv, prompts, max_new_tokens)
+    if num_beams == 1:
+        return _greedy_or_sample(state, max_new_tokens, do_sample, top_p, temperature, generator)
+    return _beam_search(state, max_new_tokens, num_beams, length_penalty)
+
+
+def _greedy_or_sample(
+    state: _DecodeState,
+    max_new: int,
+    do_sample: bool,
+    top_p: float,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> GenerationOutput:
+    eos, pad = state.model.config.eos_token_id, state.model.config.pad_token_id
+    logits = state.prefill()
+    B = logits.shape[0]
+    finished = torch.zeros(B, dtype=torch.bool, device=logits.device)
+    scores = torch.zeros(B, dtype=torch.float32, device=logits.device)
+    out = []
+    for t in range(max_new):
+        logp = logits.float().log_softmax(-1)  # [B, V]
+        tok = _sample_top_p(logp, top_p, temperature, generator) if do_sample else logp.argmax(-1)
+        scores += torch.where(finished, 0.0, logp.gather(1, tok[:, None]).squeeze(1))
+        tok = torch.where(finished, pad, tok)
+        out.append(tok)
+        finished |= tok == eos
+        if t == max_new - 1 or bool(finished.all()):
+            break
+        logits = state.step(tok)
+    tokens = torch.stack(out, 1).tolist()  # [B, t]
+    return GenerationOutput([_until_eos(seq, eos) for seq in tokens], scores.tolist())
+
+
+def _sample_top_p(logp: Tensor, top_p: float, temperature: float, generator: torch.Generator | None) -> Tensor:
+    """Sample from the smallest set of tokens whose probability reaches top_p. logp [B, V] -> [B]."""
+    probs = (logp / temperature).softmax(-1)
+    sorted_p, order = probs.sort(-1, descending=True)
+    keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
+    sorted_p = sorted_p * keep
+    choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=generator)  # [B, 1]
+    return order.gather(1, choice).squeeze(1)
+
+
+def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: float) -> GenerationOutput:
+    eos = state.model.config.eos_token_id
+    logits = state.prefill()  # [B, V]
+    B, V = logits.shape
+    device = logits.device
+    expand = torch.arange(B, device=device).repeat_interleave(K)  # beams of image b are rows b*K .. b*K+K-1
+    state.reorder(expand)
+    state.image_kv = [(k[expand], v[expand]) for k, v in state.image_kv]  # never reordered again: beams stay
+    logits = logits[expand]  # [B*K, V]
+    beam_scores = torch.full((B, K), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0  # all beams start identical: let only the first expand at step 0
+    seqs = torch.zeros(B, K, 0, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done = [False] * B
+    n_cand = min(2 * K, K * V)
+    for t in range(max_new):
+        logp = logits.float().log_softmax(-1).view(B, K, V)
+        cand = (beam_scores[:, :, None] + logp).view(B, K * V)
+        top_scores, top_idx = cand.topk(n_cand, dim=-1)  # [B, 2K]
+        top_beam, top_tok = top_idx // V, top_idx % V
+        top_scores_l, top_beam_l, top_tok_l = top_scores.tolist(), top_beam.tolist(), top_tok.tolist()
+        next_beam = torch.zeros(B, K, dtype=torch.long)
+        next_tok = torch.full((B, K), eos, dtype=torch.long)
+        next_score = torch.full((B, K), float("-inf"))
+        seqs_l = seqs.tolist()
+        for b in range(B):
+            if done[b]:
+                continue
+            n = 0
+            for rank in range(n_cand):
+                s, beam, tok = top_scores_l[b][rank], top_beam_l[b][rank], top_tok_l[b][rank]
+                if s == float("-inf"):
+                    break
+                if tok == eos:
+                    if rank < K:  # an EOS outside the top K would not have survived as a beam either
+                        finished[b].append((s / (t + 1) ** length_penalty, seqs_l[b][beam]))
+                    continue
+                next_beam[b, n], next_tok[b, n], next_score[b, n] = beam, tok, s
+                n += 1
+                if n == K:
+                    break
+            finished[b].sort(key=lambda x: -x[0])
+            del finished[b][K:]
+            best_running = float(next_score[b, 0])
+            if len(finished[b]) == K and (
+                best_running == float("-inf") or best_running / (t + 1) ** length_penalty <= finished[b][-1][0]
+            ):
+                done[b] = True
+        next_beam, next_tok, next_score = next_beam.to(device), next_tok.to(device), next_score.to(device)
+        seqs = torch.cat(
+            [seqs.gather(1, next_beam[:, :, None].expand(-1, -1, seqs.shape[2])), next_tok[:, :, None]], dim=2
+        )
+        beam_scores = next_score
+        if all(done) or t == max_new - 1:
+            break
+        state.reorder((torch.arange(B, device=device)[:, None] * K + next_beam).view(-1))
+        logits = state.step(next_tok.view(-1))
+    # Inputs whose beams never all ended: the live beams compete with finished ones, so EOS is optional.
+    n_gen = seqs.shape[2]
+    seqs_l, scores_l = seqs.tolist(), beam_scores.tolist()
+    out_seqs, out_scores = [], []
+    for b in range(B):
+        pool = list(finished[b])
+        if not done[b]:
+            pool += [(s / n_gen**length_penalty, seq) for s, seq in zip(scores_l[b], seqs_l[b], strict=True) if s != float("-inf")]
+        best_score, best_seq = max(pool, key=lambda x: x[0])
+        out_seqs.append(_until_eos(best_seq, eos))
+        out_scores.append(best_score)
+    return GenerationOutput(out_seqs, out_scores)
+
+
+def _until_eos(seq: list[int], eos: int) -> list[int]:
+    return seq[: seq.index(eos)] if eos in seq else seq

@@ -1,0 +1,126 @@
+"""Inference: the `Pipeline` class (caption, answer) and the small functions validation shares with it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from vision_attn.data.images import load_image
+from vision_attn.data.tokenizer import TextCodec, load_tokenizer
+from vision_attn.data.transforms import image_transform
+from vision_attn.generation import generate
+from vision_attn.models import VisionAttnModel
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | Path | bytes | Image.Image | Tensor
+
+
+def generate_captions(model: VisionAttnModel, codec: TextCodec, images: Tensor, **gen: Any) -> list[str]:
+    """images [B, 3, S, S] (preprocessed) -> B captions."""
+    out = generate(model, images, [codec.caption_prompt()] * images.shape[0], **gen)
+    return [codec.decode(s) for s in out.sequences]
+
+
+def generate_answers(
+    model: VisionAttnModel,
+    codec: TextCodec,
+    images: Tensor,
+    questions: Sequence[str],
+    image_index: Tensor | None = None,
+    **gen: Any,
+) -> list[str]:
+    """images [B_img, 3, S, S], questions [B] (question i about image image_index[i]) -> B answers."""
+    prompts = [codec.vqa_prompt(q) for q in questions]
+    out = generate(model, images, prompts, image_index=image_index, **gen)
+    return [codec.decode(s) for s in out.sequences]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Pipeline:
+    """Caption images and answer questions with an exported model folder.
+
+    >>> pipe = Pipeline.from_pretrained("runs/demo/model")
+    >>> pipe.caption("photo.jpg")
+    >>> pipe.answer("photo.jpg", "what color is the circle?")
+    """
+
+    def __init__(self, model: VisionAttnModel, codec: TextCodec, device: torch.device, batch_size: int = 32) -> None:
+        self.model = model.to(device).eval()
+        self.codec = codec
+        self.device = device
+        self.batch_size = batch_size
+        self.transform = image_transform(model.config.encoder.image_size)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str = "auto", batch_size: int = 32) -> Pipeline:
+        """Load `config.json`, `model.safetensors` and `tokenizer.json` from `model_dir`."""
+        dev = resolve_device(device)
+        model = VisionAttnModel.from_pretrained(model_dir, device=dev)
+        return cls(model, TextCodec(load_tokenizer(Path(model_dir) / "tokenizer.json")), dev, batch_size)
+
+    def preprocess(self, image: ImageInput) -> Tensor:
+        """A path, bytes, PIL image or tensor ([3, H, W] floats in 0..1 or uint8) -> [3, S, S] normalised."""
+        if isinstance(image, Tensor):
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"an image tensor must be [3, H, W], got {list(image.shape)}")
+            if image.is_floating_point():
+                image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+            image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+        return self.transform(load_image(image))
+
+    def _batches(self, n: int):
+        for start in range(0, n, self.batch_size):
+            yield slice(start, min(n, start + self.batch_size))
+
+    @torch.inference_mode()
+    def caption(
+        self, images: ImageInput | Sequence[ImageInput], num_beams: int = 1, max_new_tokens: int = 48, **gen: Any
+    ) -> str | list[str]:
+        """One caption per image; a single image gives a string, a list gives a list."""
+        single = not isinstance(images, list | tuple)
+        items = [images] if single else list(images)
+        out: list[str] = []
+        for sl in self._batches(len(items)):
+            x = torch.stack([self.preprocess(im) for im in items[sl]]).to(self.device)
+            out += generate_captions(
+                self.model, self.codec, x, num_beams=num_beams, max_new_tokens=max_new_tokens, **gen
+            )
+        return out[0] if single else out
+
+    @torch.inference_mode()
+    def answer(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        questions: str | Sequence[str],
+        num_beams: int = 1,
+        max_new_tokens: int = 8,
+        **gen: Any,
+    ) -> str | list[str]:
+        """Answer question i about image i (one image with several questions is repeated)."""
+        single = isinstance(questions, str)
+        qs = [questions] if single else list(questions)
+        ims = list(images) if isinstance(images, list | tuple) else [images] * len(qs)
+        if len(ims) != len(qs):
+            raise ValueError(f"got {len(ims)} images but {len(qs)} questions")
+        for q in qs:
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(f"a question must be a non-empty string, got {q!r}")
+        out: list[str] = []
+        for sl in self._batches(len(qs)):
+            x = torch.stack([self.preprocess(im) for im in ims[sl]]).to(self.device)
+            out += generate_answers(
+                self.model, self.codec, x, qs[sl], num_beams=num_beams, max_new_tokens=max_new_tokens, **gen
+            )
+        return out[0] if single else out

@@ -1,0 +1,7 @@
+"""Encoder, decoder and the assembled model."""
+
+from vision_attn.models.decoder import TextDecoder
+from vision_attn.models.encoder import ImageEncoder
+from vision_attn.models.vision_attn import VisionAttnModel, text_loss
+
+__all__ = ["ImageEncoder", "TextDecoder", "VisionAttnModel", "text_loss"]

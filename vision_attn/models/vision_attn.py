@@ -1,0 +1,90 @@
+"""The model: ViT patch tokens feed a cross-attention text decoder. A plain nn.Module (no Lightning).
+
+Notation: B images, M texts (several texts may share one image), T text tokens, N image tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vision_attn.config import ModelConfig
+from vision_attn.models.decoder import TextDecoder
+from vision_attn.models.encoder import ImageEncoder
+
+log = logging.getLogger(__name__)
+
+
+class VisionAttnModel(nn.Module):
+    """Image captioning and VQA in one model: the task is chosen by the text prompt."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = ImageEncoder(config.encoder, config.decoder.dim)
+        self.decoder = TextDecoder(config.decoder)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] -> image tokens [B, N, C]."""
+        return self.encoder(images)
+
+    def forward(self, images: Tensor, input_ids: Tensor, image_index: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits.
+
+        Args:
+            images: [B, 3, H, W].
+            input_ids: [M, T], right-padded texts (prompt + target).
+            image_index: [M], which image each text belongs to (default: text i uses image i). Each image
+                is encoded once however many texts ask about it.
+        Returns:
+            logits [M, T, V].
+        """
+        memory = self.encode(images)  # [B, N, C]
+        image_kv = self.decoder.image_kv(memory)  # per layer 2x[B, H, N, D]
+        if image_index is not None:
+            image_kv = [(k[image_index], v[image_index]) for k, v in image_kv]  # 2x[M, H, N, D]
+        logits, _ = self.decoder(input_ids, image_kv)
+        return logits
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- folder format: config.json + model.safetensors (+ tokenizer.json, written by the caller) ----
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """Write `config.json` and `model.safetensors` (tied weights stored once)."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state.pop("decoder.lm_head.weight")  # tied to decoder.tok_emb.weight
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> VisionAttnModel:
+        """Load a folder written by `save_pretrained` (no pickle, no Lightning)."""
+        from safetensors.torch import load_file
+
+        d = Path(model_dir)
+        for name in ("config.json", "model.safetensors"):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d} is not a vision-attn model folder: {name} is missing")
+        cfg_dict = json.loads((d / "config.json").read_text())
+        cfg_dict["encoder"]["pretrained"] = None  # the weights are in model.safetensors
+        model = cls(ModelConfig.from_dict(cfg_dict))
+        state = load_file(str(d / "model.safetensors"), device=str(device))
+        state["decoder.lm_head.weight"] = state["decoder.tok_emb.weight"]
+        model.load_state_dict(state)
+        return model.to(device).eval()
+
+
+def text_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy over target tokens. logits [M, T, V], labels [M, T] (-100 = not a target)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)

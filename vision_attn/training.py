@@ -1,0 +1,226 @@
+"""The LightningModule: a thin training wrapper around the plain `VisionAttnModel`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast
+
+from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
+from vision_attn.data.tokenizer import IGNORE, TextCodec
+from vision_attn.inference import generate_answers, generate_captions
+from vision_attn.metrics import caption_scores, vqa_scores
+from vision_attn.models import VisionAttnModel
+
+log = logging.getLogger(__name__)
+
+
+class VisionAttnModule(L.LightningModule):
+    """Trains captioning and VQA jointly; validation generates and scores both.
+
+    Args:
+        encoder: the ViT (image size, patch size, width, depth, heads, optional local weights).
+        decoder: the text decoder (width, depth, heads, max_len); vocab_size comes from the tokenizer.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW decay on matrices (never on biases, norms, position embeddings or class token).
+        betas: AdamW betas.
+        warmup_steps: linear warmup from 0; then cosine decay to `lr * min_lr_ratio` at the last step.
+        min_lr_ratio: final learning rate over the peak.
+        caption_weight: weight of the caption loss (mean over caption tokens).
+        vqa_weight: weight of the answer loss (mean over answer tokens).
+        compile: torch.compile the training forward; None = on when training on a GPU.
+        val_caption_tokens: longest caption generated in validation.
+        val_answer_tokens: longest answer generated in validation.
+        tokenizer: linked from the DataModule; not set in configs.
+    """
+
+    def __init__(
+        self,
+        encoder: EncoderConfig = EncoderConfig(),  # noqa: B008 (dataclass defaults become --help)
+        decoder: DecoderConfig = DecoderConfig(),  # noqa: B008
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 200,
+        min_lr_ratio: float = 0.05,
+        caption_weight: float = 1.0,
+        vqa_weight: float = 1.0,
+        compile: bool | None = None,
+        val_caption_tokens: int = 48,
+        val_answer_tokens: int = 8,
+        tokenizer: PreTrainedTokenizerFast | None = None,
+    ) -> None:
+        super().__init__()
+        if tokenizer is None:
+            raise ValueError("VisionAttnModule needs the tokenizer (the CLI links it from the DataModule)")
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.tokenizer = tokenizer
+        self.codec = TextCodec(tokenizer)
+        decoder = dataclasses.replace(decoder, vocab_size=self.codec.vocab_size)
+        self.model_config = ModelConfig(encoder, decoder, self.codec.pad, self.codec.bos, self.codec.eos)
+        self.model = VisionAttnModel(self.model_config)
+        self.__dict__["_forward"] = self.model  # not a submodule: keeps compiled wrappers out of state_dict
+        self._preds: dict[str, list] = {}
+        self._skipped = 0
+
+    def configure_model(self) -> None:
+        use = self.hparams.compile if self.hparams.compile is not None else self.device.type == "cuda"
+        if use and self._forward is self.model:
+            self.__dict__["_forward"] = torch.compile(self.model)
+
+    # ---- training ----
+
+    def _losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        logits = self._forward(batch["images"], batch["input_ids"], batch["image_index"])  # [M, T, V]
+        labels = batch["labels"]
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none")
+        ce = ce.view_as(labels)  # [M, T]
+        target = labels != IGNORE
+        out = {}
+        for name, task_id in (("caption", 0), ("vqa", 1)):
+            m = target & (batch["task"] == task_id)[:, None]
+            out[f"{name}_loss"] = (ce * m).sum() / m.sum().clamp(min=1)  # mean over this task's target tokens
+        hp = self.hparams
+        out["loss"] = hp.caption_weight * out["caption_loss"] + hp.vqa_weight * out["vqa_loss"]
+        return out
+
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor | None:
+        self._skipped += batch["skipped"]
+        if "images" not in batch:  # every image of the batch was unreadable
+            return None
+        losses = self._losses(batch)
+        n = batch["images"].shape[0]
+        for k, v in losses.items():
+            self.log(f"{stage}/{k}", v, prog_bar=k == "loss", batch_size=n, sync_dist=stage != "train")
+        if stage != "train":
+            self._generate_for_metrics(batch)
+        return losses["loss"]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        if "images" not in batch:
+            return []
+        caps = generate_captions(
+            self.model, self.codec, batch["images"], max_new_tokens=self.hparams.val_caption_tokens
+        )
+        return [{"image_id": r.image_id, "caption": c} for r, c in zip(batch["records"], caps, strict=True)]
+
+    # ---- validation metrics: generate, gather across ranks, score ----
+
+    def _generate_for_metrics(self, batch: dict[str, Any]) -> None:
+        records, images = batch["records"], batch["images"]
+        hp = self.hparams
+        with_caps = [i for i, r in enumerate(records) if r.captions]
+        if with_caps:
+            caps = generate_captions(self.model, self.codec, images[with_caps], max_new_tokens=hp.val_caption_tokens)
+            for i, c in zip(with_caps, caps, strict=True):
+                self._preds.setdefault("captions", []).append((records[i].image_id, c, records[i].captions))
+        qs = [(i, q) for i, r in enumerate(records) for q in r.questions if q.answers]
+        if qs:
+            index = torch.tensor([i for i, _ in qs], device=images.device)
+            answers = generate_answers(
+                self.model, self.codec, images, [q.question for _, q in qs], index, max_new_tokens=hp.val_answer_tokens
+            )
+            for (_, q), a in zip(qs, answers, strict=True):
+                ann = {
+                    "question_id": q.question_id,
+                    "answers": [{"answer": x} for x in q.answers],
+                    "question_type": q.question_type,
+                    "answer_type": q.answer_type,
+                }
+                self._preds.setdefault("answers", []).append((q.question_id, a, ann))
+
+    def on_validation_epoch_start(self) -> None:
+        self._preds = {}
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_train_epoch_end(self) -> None:
+        self._report_skipped("training")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _report_skipped(self, stage: str) -> None:
+        if self._skipped:
+            log.warning(
+                "skipped %d unreadable images during %s (see the warnings above for which)", self._skipped, stage
+            )
+        self._skipped = 0
+
+    def _log_metrics(self, stage: str) -> None:
+        self._report_skipped(stage)
+        preds = self._preds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[dict[str, list]] = [{} for _ in range(torch.distributed.get_world_size())]
+            torch.distributed.all_gather_object(gathered, preds)
+            preds = {k: [x for g in gathered for x in g.get(k, [])] for k in ("captions", "answers")}
+        metrics: dict[str, float] = {}
+        if preds.get("captions"):
+            caps = {i: c for i, c, _ in preds["captions"]}
+            refs = {i: r for i, _, r in preds["captions"]}
+            scores = caption_scores(caps, refs)
+            metrics.update({"bleu4": scores["bleu4"], "cider": scores["cider"]})
+        if preds.get("answers"):
+            answers = {qid: a for qid, a, _ in preds["answers"]}
+            anns = list({qid: ann for qid, _, ann in preds["answers"]}.values())
+            vqa = vqa_scores(answers, anns)
+            metrics["vqa_accuracy"] = vqa["vqa_accuracy"]
+            metrics.update({f"vqa_acc_{t}": v for t, v in vqa["per_question_type"].items()})
+        for k, v in metrics.items():
+            # every rank holds the same gathered numbers, so no further reduction is needed
+            self.log(f"{stage}/{k}", float(v), prog_bar=k in ("vqa_accuracy", "bleu4"), rank_zero_only=False)
+        self._preds = {}
+
+    # ---- optimisation ----
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        skip = {f"encoder.vit.{n}" for n in self.model.encoder.vit.no_weight_decay()}
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and name not in skip else no_decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            fused=self.device.type == "cuda",
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(hp.warmup_steps, total // 2)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- checkpoints carry what export needs ----
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vision_attn"] = {
+            "model_config": self.model_config.to_dict(),
+            "tokenizer_json": self.tokenizer.backend_tokenizer.to_str(),
+        }
