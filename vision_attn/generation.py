@@ -241,7 +241,8 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
     for b in range(B):
         pool = list(finished[b])
         if not done[b]:
-            pool += [(s / n_gen**length_penalty, seq) for s, seq in zip(scores_l[b], seqs_l[b], strict=True) if s != float("-inf")]
+            live = zip(scores_l[b], seqs_l[b], strict=True)
+            pool += [(s / n_gen**length_penalty, seq) for s, seq in live if s != float("-inf")]
         best_score, best_seq = max(pool, key=lambda x: x[0])
         out_seqs.append(_until_eos(best_seq, eos))
         out_scores.append(best_score)

@@ -9,14 +9,14 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
-from vision_attn.data.tokenizer import IGNORE, TextCodec
-from vision_attn.inference import generate_answers, generate_captions
-from vision_attn.metrics import caption_scores, vqa_scores
-from vision_attn.models import VisionAttnModel
+from vision_attn.data.datamodule import TASKS
+from vision_attn.data.tokenizer import TextCodec
+from vision_attn.evaluation import Predictions, predict_batch, score
+from vision_attn.inference import generate_captions
+from vision_attn.models import VisionAttnModel, text_loss
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class VisionAttnModule(L.LightningModule):
         self.model_config = ModelConfig(encoder, decoder, self.codec.pad, self.codec.bos, self.codec.eos)
         self.model = VisionAttnModel(self.model_config)
         self.__dict__["_forward"] = self.model  # not a submodule: keeps compiled wrappers out of state_dict
-        self._preds: dict[str, list] = {}
+        self._preds = Predictions()
         self._skipped = 0
 
     def configure_model(self) -> None:
@@ -77,17 +77,13 @@ class VisionAttnModule(L.LightningModule):
     # ---- training ----
 
     def _losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        logits = self._forward(batch["images"], batch["input_ids"], batch["image_index"])  # [M, T, V]
-        labels = batch["labels"]
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="none")
-        ce = ce.view_as(labels)  # [M, T]
-        target = labels != IGNORE
-        out = {}
-        for name, task_id in (("caption", 0), ("vqa", 1)):
-            m = target & (batch["task"] == task_id)[:, None]
-            out[f"{name}_loss"] = (ce * m).sum() / m.sum().clamp(min=1)  # mean over this task's target tokens
-        hp = self.hparams
-        out["loss"] = hp.caption_weight * out["caption_loss"] + hp.vqa_weight * out["vqa_loss"]
+        """Per task: mean cross-entropy over its target tokens; `loss` is their weighted sum."""
+        names = [name for name in TASKS if name in batch]
+        groups = [(batch[name]["input_ids"], batch[name]["image_index"]) for name in names]
+        logits = self._forward.forward_groups(batch["images"], groups)
+        weights = {"caption": self.hparams.caption_weight, "vqa": self.hparams.vqa_weight}
+        out = {f"{name}_loss": text_loss(lg, batch[name]["labels"]) for name, lg in zip(names, logits, strict=True)}
+        out["loss"] = sum(weights[name] * out[f"{name}_loss"] for name in names)
         return out
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor | None:
@@ -101,6 +97,15 @@ class VisionAttnModule(L.LightningModule):
         if stage != "train":
             self._generate_for_metrics(batch)
         return losses["loss"]
+
+    def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:
+        # Only tensors move; the records (text metadata for metrics) stay as they are, uncopied.
+        return {
+            k: v
+            if k == "records"
+            else super(VisionAttnModule, self).transfer_batch_to_device(v, device, dataloader_idx)
+            for k, v in batch.items()
+        }
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         return self._shared_step(batch, "train")
@@ -122,30 +127,14 @@ class VisionAttnModule(L.LightningModule):
     # ---- validation metrics: generate, gather across ranks, score ----
 
     def _generate_for_metrics(self, batch: dict[str, Any]) -> None:
-        records, images = batch["records"], batch["images"]
         hp = self.hparams
-        with_caps = [i for i, r in enumerate(records) if r.captions]
-        if with_caps:
-            caps = generate_captions(self.model, self.codec, images[with_caps], max_new_tokens=hp.val_caption_tokens)
-            for i, c in zip(with_caps, caps, strict=True):
-                self._preds.setdefault("captions", []).append((records[i].image_id, c, records[i].captions))
-        qs = [(i, q) for i, r in enumerate(records) for q in r.questions if q.answers]
-        if qs:
-            index = torch.tensor([i for i, _ in qs], device=images.device)
-            answers = generate_answers(
-                self.model, self.codec, images, [q.question for _, q in qs], index, max_new_tokens=hp.val_answer_tokens
-            )
-            for (_, q), a in zip(qs, answers, strict=True):
-                ann = {
-                    "question_id": q.question_id,
-                    "answers": [{"answer": x} for x in q.answers],
-                    "question_type": q.question_type,
-                    "answer_type": q.answer_type,
-                }
-                self._preds.setdefault("answers", []).append((q.question_id, a, ann))
+        preds = predict_batch(
+            self.model, self.codec, batch["images"], batch["records"], hp.val_caption_tokens, hp.val_answer_tokens
+        )
+        self._preds.merge(preds)
 
     def on_validation_epoch_start(self) -> None:
-        self._preds = {}
+        self._preds = Predictions()
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -169,25 +158,18 @@ class VisionAttnModule(L.LightningModule):
         self._report_skipped(stage)
         preds = self._preds
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list[dict[str, list]] = [{} for _ in range(torch.distributed.get_world_size())]
+            gathered: list[Predictions | None] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, preds)
-            preds = {k: [x for g in gathered for x in g.get(k, [])] for k in ("captions", "answers")}
-        metrics: dict[str, float] = {}
-        if preds.get("captions"):
-            caps = {i: c for i, c, _ in preds["captions"]}
-            refs = {i: r for i, _, r in preds["captions"]}
-            scores = caption_scores(caps, refs)
-            metrics.update({"bleu4": scores["bleu4"], "cider": scores["cider"]})
-        if preds.get("answers"):
-            answers = {qid: a for qid, a, _ in preds["answers"]}
-            anns = list({qid: ann for qid, _, ann in preds["answers"]}.values())
-            vqa = vqa_scores(answers, anns)
-            metrics["vqa_accuracy"] = vqa["vqa_accuracy"]
-            metrics.update({f"vqa_acc_{t}": v for t, v in vqa["per_question_type"].items()})
-        for k, v in metrics.items():
+            preds = Predictions()
+            for g in gathered:
+                preds.merge(g)
+        metrics = score(preds)
+        flat = {k: v for k, v in metrics.items() if k in ("vqa_accuracy", "bleu4", "cider")}
+        flat.update({f"vqa_acc_{t}": v for t, v in metrics.get("per_question_type", {}).items()})
+        for k, v in flat.items():
             # every rank holds the same gathered numbers, so no further reduction is needed
-            self.log(f"{stage}/{k}", float(v), prog_bar=k in ("vqa_accuracy", "bleu4"), rank_zero_only=False)
-        self._preds = {}
+            self.log(f"{stage}/{k}", float(v), prog_bar=k in ("vqa_accuracy", "bleu4"))
+        self._preds = Predictions()
 
     # ---- optimisation ----
 

@@ -26,6 +26,8 @@ from vision_attn.data.transforms import image_transform
 
 log = logging.getLogger(__name__)
 
+TASKS = {"caption": 0, "vqa": 1}  # task ids carried by each text
+
 
 @dataclass
 class DataFiles:
@@ -104,26 +106,31 @@ class ImageTextDataset(Dataset):
         return {"image": image, "texts": texts, "record": rec}
 
 
+def _pad_texts(texts: list[tuple[list[int], list[int], int]]) -> dict[str, torch.Tensor]:
+    """(ids, labels, image) triples -> right-padded input_ids/labels [M, T] and image_index [M]."""
+    T = max(len(ids) for ids, _, _ in texts)
+    input_ids = torch.zeros(len(texts), T, dtype=torch.long)  # pad id 0; padded positions carry IGNORE labels
+    labels = torch.full((len(texts), T), IGNORE, dtype=torch.long)
+    for m, (ids, lab, _) in enumerate(texts):
+        input_ids[m, : len(ids)] = torch.tensor(ids)
+        labels[m, : len(lab)] = torch.tensor(lab)
+    return {"input_ids": input_ids, "labels": labels, "image_index": torch.tensor([b for _, _, b in texts])}
+
+
 def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Stack images [B, 3, S, S]; right-pad texts to [M, T] with `image_index` [M] and `task` [M]."""
+    """Stack images [B, 3, S, S]; texts go in one right-padded group per task (`caption`, `vqa`).
+
+    Unreadable images (None items) are dropped and counted in `skipped`.
+    """
     kept = [it for it in items if it is not None]
     batch: dict[str, Any] = {"skipped": len(items) - len(kept), "records": [it["record"] for it in kept]}
     if not kept:
         return batch
-    texts = [(t, b) for b, it in enumerate(kept) for t in it["texts"]]
-    T = max((len(t[0]) for t, _ in texts), default=1)
-    ids = torch.zeros(len(texts), T, dtype=torch.long)  # pad id is 0; padded positions carry IGNORE labels
-    labels = torch.full((len(texts), T), IGNORE, dtype=torch.long)
-    for m, ((x, y, _), _) in enumerate(texts):
-        ids[m, : len(x)] = torch.tensor(x)
-        labels[m, : len(y)] = torch.tensor(y)
-    batch.update(
-        images=torch.stack([it["image"] for it in kept]),
-        input_ids=ids,
-        labels=labels,
-        image_index=torch.tensor([b for _, b in texts], dtype=torch.long),
-        task=torch.tensor([t[2] for t, _ in texts], dtype=torch.long),
-    )
+    batch["images"] = torch.stack([it["image"] for it in kept])
+    for name, task_id in TASKS.items():
+        texts = [(ids, lab, b) for b, it in enumerate(kept) for ids, lab, t in it["texts"] if t == task_id]
+        if texts:
+            batch[name] = _pad_texts(texts)
     return batch
 
 

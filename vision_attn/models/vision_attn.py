@@ -44,12 +44,20 @@ class VisionAttnModel(nn.Module):
         Returns:
             logits [M, T, V].
         """
-        memory = self.encode(images)  # [B, N, C]
-        image_kv = self.decoder.image_kv(memory)  # per layer 2x[B, H, N, D]
-        if image_index is not None:
-            image_kv = [(k[image_index], v[image_index]) for k, v in image_kv]  # 2x[M, H, N, D]
-        logits, _ = self.decoder(input_ids, image_kv)
-        return logits
+        return self.forward_groups(images, [(input_ids, image_index)])[0]
+
+    def forward_groups(self, images: Tensor, groups: list[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
+        """Like `forward` for several groups of texts ([M_g, T_g] ids, [M_g] image index) about the same images.
+
+        Texts of very different lengths (captions, questions) go in separate groups so that short texts
+        are not padded to the longest; the images are still encoded once.
+        """
+        image_kv = self.decoder.image_kv(self.encode(images))  # per layer 2x[B, H, N, D]
+        out = []
+        for input_ids, image_index in groups:
+            kv = image_kv if image_index is None else [(k[image_index], v[image_index]) for k, v in image_kv]
+            out.append(self.decoder(input_ids, kv)[0])  # [M_g, T_g, V]
+        return out
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

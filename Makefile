@@ -1,0 +1,41 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DATA := data/synthetic
+RUN := runs/demo
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DATA)/.complete: | $(STAMP)
+	$(PY) -m vision_attn.cli make-synthetic --out $(DATA) --train 20000 --val 1000 --seed 0
+	touch $@
+
+demo: $(STAMP) $(DATA)/.complete
+	rm -rf $(RUN)
+	$(PY) train.py fit --config configs/demo.yaml
+	$(PY) -m vision_attn.cli export $(RUN)/checkpoints/last.ckpt $(RUN)/model
+	$(PY) -m vision_attn.cli evaluate --model $(RUN)/model --data-root $(DATA) --split val \
+		--baseline-split train --out $(RUN)
+	@echo "--- captions of assets/ ---"
+	$(PY) -m vision_attn.cli caption --model $(RUN)/model assets/
+	@echo "--- a question about assets/scene_1.jpg ---"
+	$(PY) -m vision_attn.cli vqa --model $(RUN)/model --image assets/scene_1.jpg --question "$$(cat assets/scene_1.question.txt)"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(RUN) $(DATA) .pytest_cache .ruff_cache

@@ -1,0 +1,142 @@
+"""The `vision-attn` command: make-synthetic, export, evaluate, caption, vqa.
+
+Training has its own command line (LightningCLI): `python train.py fit --config configs/demo.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("vision_attn")
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from vision_attn.data.synthetic import make_synthetic
+
+    counts = make_synthetic(
+        args.out, n_train=args.train, n_val=args.val, seed=args.seed, image_size=args.image_size, workers=args.workers
+    )
+    print(json.dumps(counts))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vision_attn.export import export_checkpoint
+
+    export_checkpoint(args.checkpoint, args.out_dir)
+    print(f"exported {args.checkpoint} -> {args.out_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vision_attn.data.readers import read_split
+    from vision_attn.evaluation import evaluate_records, score, with_baseline, write_results
+    from vision_attn.inference import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    records = read_split(Path(args.data_root), args.split)
+    if args.max_images:
+        records = records[: args.max_images]
+    preds = evaluate_records(pipe.model, pipe.codec, records, batch_size=args.batch_size, num_beams=args.num_beams)
+    metrics = score(preds)
+    if args.baseline_split:
+        metrics = with_baseline(metrics, read_split(Path(args.data_root), args.baseline_split), preds)
+    out = Path(args.out or Path(args.model).parent / "eval")
+    write_results(preds, metrics, out)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+    print(f"results written to {out}/")
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from vision_attn.data.errors import ImageLoadError
+    from vision_attn.data.images import find_images
+    from vision_attn.inference import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    failed = 0
+    for path in find_images(args.paths):
+        try:
+            cap = pipe.caption(str(path), num_beams=args.num_beams)
+        except ImageLoadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(json.dumps({"image": str(path), "caption": cap}) if args.json else f"{path}\t{cap}", flush=True)
+    return 1 if failed else 0
+
+
+def cmd_vqa(args: argparse.Namespace) -> int:
+    from vision_attn.inference import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    ans = pipe.answer(args.image, args.question, num_beams=args.num_beams)
+    print(json.dumps({"image": args.image, "question": args.question, "answer": ans}) if args.json else ans)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vision-attn", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("make-synthetic", help="write the built-in dataset in the COCO 2014 + VQAv2 layout")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--train", type=int, default=20000, help="training images")
+    s.add_argument("--val", type=int, default=1000, help="validation images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=128, help="rendered image side in pixels")
+    s.add_argument("--workers", type=int, default=None, help="rendering processes (default: up to 4)")
+    s.set_defaults(func=cmd_make_synthetic)
+
+    s = sub.add_parser("export", help="checkpoint -> model folder (config.json, model.safetensors, tokenizer.json)")
+    s.add_argument("checkpoint", help="a Lightning .ckpt written by train.py")
+    s.add_argument("out_dir", help="output model folder")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("evaluate", help="caption and answer a split; write result files and metrics.json")
+    s.add_argument("--model", required=True, help="model folder from `vision-attn export`")
+    s.add_argument("--data-root", required=True, help="folder in the COCO 2014 + VQAv2 layout")
+    s.add_argument("--split", default="val")
+    s.add_argument("--baseline-split", default=None, help="add per-type majority-answer baselines from this split")
+    s.add_argument("--out", default=None, help="output folder (default: next to the model, eval/)")
+    s.add_argument("--max-images", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--num-beams", type=int, default=1)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("caption", help="caption image files and folders (searched recursively)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--json", action="store_true", help="JSON lines instead of path<TAB>caption")
+    s.add_argument("--num-beams", type=int, default=1)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--device", default="auto")
+    s.add_argument("paths", nargs="+")
+    s.set_defaults(func=cmd_caption)
+
+    s = sub.add_parser("vqa", help="answer a question about an image")
+    s.add_argument("--model", required=True)
+    s.add_argument("--image", required=True)
+    s.add_argument("--question", required=True)
+    s.add_argument("--num-beams", type=int, default=1)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_vqa)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

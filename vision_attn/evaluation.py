@@ -1,0 +1,150 @@
+"""Evaluation in one place: generate for a batch of records, score captions and answers, write result files.
+
+Used by the LightningModule's validation and by `vision-attn evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from vision_attn.data.datamodule import ImageTextDataset, collate
+from vision_attn.data.readers import ImageRecord
+from vision_attn.data.tokenizer import TextCodec
+from vision_attn.inference import generate_answers, generate_captions
+from vision_attn.metrics import caption_scores, majority_baseline, vqa_scores
+from vision_attn.models import VisionAttnModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictions:
+    """Generated captions (with references) and answers (with their VQAv2 annotations)."""
+
+    captions: dict[int, str] = field(default_factory=dict)
+    references: dict[int, list[str]] = field(default_factory=dict)
+    answers: dict[int, str] = field(default_factory=dict)
+    annotations: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def merge(self, other: Predictions) -> None:
+        self.captions.update(other.captions)
+        self.references.update(other.references)
+        self.answers.update(other.answers)
+        self.annotations.update(other.annotations)
+
+
+def predict_batch(
+    model: VisionAttnModel,
+    codec: TextCodec,
+    images: Tensor,
+    records: list[ImageRecord],
+    caption_tokens: int = 48,
+    answer_tokens: int = 8,
+    num_beams: int = 1,
+) -> Predictions:
+    """Caption every image that has references and answer every annotated question. images [B, 3, S, S]."""
+    out = Predictions()
+    with_caps = [i for i, r in enumerate(records) if r.captions]
+    if with_caps:
+        caps = generate_captions(model, codec, images[with_caps], max_new_tokens=caption_tokens, num_beams=num_beams)
+        for i, c in zip(with_caps, caps, strict=True):
+            out.captions[records[i].image_id] = c
+            out.references[records[i].image_id] = records[i].captions
+    qs = [(i, q) for i, r in enumerate(records) for q in r.questions if q.answers]
+    if qs:
+        index = torch.tensor([i for i, _ in qs], device=images.device)
+        answers = generate_answers(
+            model, codec, images, [q.question for _, q in qs], index, max_new_tokens=answer_tokens, num_beams=num_beams
+        )
+        for (_, q), a in zip(qs, answers, strict=True):
+            out.answers[q.question_id] = a
+            out.annotations[q.question_id] = {
+                "question_id": q.question_id,
+                "answers": [{"answer": x} for x in q.answers],
+                "multiple_choice_answer": q.answer,
+                "question_type": q.question_type,
+                "answer_type": q.answer_type,
+            }
+    return out
+
+
+def score(preds: Predictions) -> dict[str, Any]:
+    """Caption metrics (BLEU-1..4, ROUGE-L, CIDEr) and VQA accuracy (percent, overall and per type)."""
+    metrics: dict[str, Any] = {}
+    if preds.captions:
+        metrics.update(caption_scores(preds.captions, preds.references))
+    if preds.answers:
+        vqa = vqa_scores(preds.answers, list(preds.annotations.values()))
+        metrics["vqa_accuracy"] = vqa["vqa_accuracy"]
+        metrics["per_question_type"] = vqa["per_question_type"]
+        metrics["per_answer_type"] = vqa["per_answer_type"]
+        metrics["num_questions"] = vqa["num_questions"]
+    return metrics
+
+
+@torch.inference_mode()
+def evaluate_records(
+    model: VisionAttnModel,
+    codec: TextCodec,
+    records: list[ImageRecord],
+    batch_size: int = 32,
+    num_workers: int = 0,
+    num_beams: int = 1,
+) -> Predictions:
+    """Generate for all records (captions and questions), batched, with a progress bar."""
+    device = next(model.parameters()).device
+    ds = ImageTextDataset(records, codec, model.config.encoder.image_size, model.config.decoder.max_len, None, "both")
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    preds = Predictions()
+    skipped = 0
+    for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):
+        skipped += batch["skipped"]
+        if "images" in batch:
+            preds.merge(predict_batch(model, codec, batch["images"].to(device), batch["records"], num_beams=num_beams))
+    if skipped:
+        log.warning("skipped %d unreadable images", skipped)
+    return preds
+
+
+def write_results(preds: Predictions, metrics: dict[str, Any], out_dir: str | Path) -> None:
+    """COCO caption results, VQAv2 results and metrics.json under out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    caps = [{"image_id": i, "caption": c} for i, c in sorted(preds.captions.items())]
+    ans = [{"question_id": q, "answer": a} for q, a in sorted(preds.answers.items())]
+    (out / "captions_results.json").write_text(json.dumps(caps, indent=1) + "\n")
+    (out / "vqa_results.json").write_text(json.dumps(ans, indent=1) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def with_baseline(metrics: dict[str, Any], train: list[ImageRecord], evaluated: Predictions) -> dict[str, Any]:
+    """Add the majority-answer baseline of each question type (most common training answer of the type)."""
+    train_anns = [
+        {
+            "question_id": q.question_id,
+            "question_type": q.question_type,
+            "multiple_choice_answer": q.answer,
+            "answers": [{"answer": a} for a in q.answers],
+        }
+        for r in train
+        for q in r.questions
+        if q.answer is not None
+    ]
+    if not train_anns or not evaluated.annotations:
+        return metrics
+    base = majority_baseline(train_anns, list(evaluated.annotations.values()))
+    per_type = metrics.get("per_question_type", {})
+    metrics["per_question_type_vs_majority"] = {
+        t: {"accuracy": per_type.get(t), "majority_baseline": base.get(t)} for t in sorted(per_type)
+    }
+    metrics["majority_baseline"] = base.get("overall")
+    return metrics

@@ -1,0 +1,38 @@
+"""Checkpoint -> self-contained model folder: config.json, model.safetensors, tokenizer.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from vision_attn.config import ModelConfig
+from vision_attn.data.tokenizer import save_tokenizer, wrap
+from vision_attn.models import VisionAttnModel
+
+log = logging.getLogger(__name__)
+
+
+def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> VisionAttnModel:
+    """Write the model folder that `Pipeline.from_pretrained` loads (no Lightning, no pickle needed there)."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+    # A Lightning checkpoint holds pickled hyper-parameters, so it needs weights_only=False: only export
+    # checkpoints you trust. The exported folder itself is pickle-free.
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    extra = ckpt.get("vision_attn")
+    if extra is None:
+        raise ValueError(f"{ckpt_path} was not written by vision-attn's train.py (no 'vision_attn' entry)")
+    cfg_dict = dict(extra["model_config"])
+    cfg_dict["encoder"] = {**cfg_dict["encoder"], "pretrained": None}
+    model = VisionAttnModel(ModelConfig.from_dict(cfg_dict))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    save_tokenizer(wrap(Tokenizer.from_str(extra["tokenizer_json"])), out / "tokenizer.json")
+    log.info("exported %s (step %s) to %s", ckpt_path, ckpt.get("global_step"), out)
+    return model
