@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -23,6 +23,8 @@ class EncoderConfig:
         num_heads: attention heads per block.
         mlp_ratio: MLP hidden width over `dim`.
         drop_path: stochastic depth rate (regularisation for small data).
+        stem: "patch" = one linear projection per patch (standard ViT, needed for pretrained weights);
+            "conv" = a small stack of strided 3x3 convolutions (learns much faster from scratch on small data).
         class_token: keep timm's class token (needed by most pretrained ViT weights). It is dropped
             from the tokens the decoder sees: the decoder attends to patches only.
         pretrained: optional local file (timm `.pth`/`.bin` or `.safetensors`) with ViT weights.
@@ -35,6 +37,7 @@ class EncoderConfig:
     num_heads: int = 3
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
+    stem: Literal["patch", "conv"] = "patch"
     class_token: bool = False
     pretrained: str | None = None
 

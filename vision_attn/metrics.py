@@ -176,12 +176,13 @@ def _accuracy_normalized(prediction: str, gt_answers: list[str]) -> float:
 def vqa_accuracy(prediction: str, gt_answers: list[str]) -> float:
     """Official VQA accuracy of one predicted answer.
 
-    Every answer is normalised; then, for each of the N ground-truth answers, the prediction scores
-    ``min(#matches among the other N - 1 answers / 3, 1)``, and the N scores are averaged. With the usual 10 answers,
-    0, 1, 2, 3 and 4+ matching humans give 0, 0.3, 0.6, 0.9 and 1.0.
+    As in the official script, answers are normalised only when the ground-truth answers disagree (otherwise
+    only newlines, tabs and outer spaces are cleaned); then, for each of the N ground-truth answers, the
+    prediction scores ``min(#matches among the other N - 1 answers / 3, 1)``, and the N scores are averaged.
+    With the usual 10 answers, 0, 1, 2, 3 and 4+ matching humans give 0, 0.3, 0.6, 0.9 and 1.0.
 
-    Note: the official script normalises only when the ground-truth answers disagree; here everything is always
-    normalised, so ``"two"`` against ten ``"2"`` scores 1.0 instead of 0.
+    So ``"two"`` against ten ``"2"`` scores 0, as the official evaluation gives, while against nine ``"2"`` and one
+    ``"two"`` it scores 1.0.
 
     Args:
         prediction: the model's answer.
@@ -192,7 +193,14 @@ def vqa_accuracy(prediction: str, gt_answers: list[str]) -> float:
     """
     if not gt_answers:
         raise ValueError("vqa_accuracy needs at least one ground-truth answer; got an empty gt_answers list.")
-    return _accuracy_normalized(normalize_answer(prediction), [normalize_answer(a) for a in gt_answers])
+    pred, gts = _clean(prediction), [_clean(a) for a in gt_answers]
+    if len(set(gts)) > 1:
+        pred, gts = normalize_answer(pred), [normalize_answer(a) for a in gts]
+    return _accuracy_normalized(pred, gts)
+
+
+def _clean(answer: str) -> str:
+    return answer.replace("\n", " ").replace("\t", " ").strip()
 
 
 def _percent(values: Iterable[float]) -> float:
