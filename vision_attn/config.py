@@ -80,7 +80,7 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
             raise ValueError(f"decoder.dim={self.dim} must be divisible by decoder.num_heads={self.num_heads}")
-        if self.max_len < 4:
+        if self.max_len < 16:
             raise ValueError(f"decoder.max_len={self.max_len} is too short; use at least 16")
 
 

@@ -151,10 +151,10 @@ def _greedy_or_sample(
     logits = state.prefill()
     B = logits.shape[0]
     finished = torch.zeros(B, dtype=torch.bool, device=logits.device)
-    scores = torch.zeros(B, dtype=torch.float32, device=logits.device)
+    scores = torch.zeros(B, dtype=torch.float64, device=logits.device)
     out = []
     for t in range(max_new):
-        logp = logits.float().log_softmax(-1)  # [B, V]
+        logp = _log_softmax(logits)  # [B, V]
         tok = _sample_top_p(logp, top_p, temperature, generator) if do_sample else logp.argmax(-1)
         scores += torch.where(finished, 0.0, logp.gather(1, tok[:, None]).squeeze(1))
         tok = torch.where(finished, pad, tok)
@@ -193,7 +193,7 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
     done = [False] * B
     n_cand = min(2 * K, K * V)
     for t in range(max_new):
-        logp = logits.float().log_softmax(-1).view(B, K, V)
+        logp = _log_softmax(logits).view(B, K, V)
         cand = (beam_scores[:, :, None] + logp).view(B, K * V)
         top_scores, top_idx = cand.topk(n_cand, dim=-1)  # [B, 2K]
         top_beam, top_tok = top_idx // V, top_idx % V
@@ -251,3 +251,8 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
 
 def _until_eos(seq: list[int], eos: int) -> list[int]:
     return seq[: seq.index(eos)] if eos in seq else seq
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    """Log-probabilities in at least float32 (bf16 logits are upcast; float64 stays float64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)

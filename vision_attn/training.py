@@ -20,6 +20,9 @@ from vision_attn.models import VisionAttnModel, text_loss
 
 log = logging.getLogger(__name__)
 
+# Checkpoints store these configs among the hyper-parameters; let `weights_only` loading (resume) accept them.
+torch.serialization.add_safe_globals([EncoderConfig, DecoderConfig])
+
 
 class VisionAttnModule(L.LightningModule):
     """Trains captioning and VQA jointly; validation generates and scores both.
@@ -98,15 +101,6 @@ class VisionAttnModule(L.LightningModule):
             self._generate_for_metrics(batch)
         return losses["loss"]
 
-    def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:
-        # Only tensors move; the records (text metadata for metrics) stay as they are, uncopied.
-        return {
-            k: v
-            if k == "records"
-            else super(VisionAttnModule, self).transfer_batch_to_device(v, device, dataloader_idx)
-            for k, v in batch.items()
-        }
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         return self._shared_step(batch, "train")
 
@@ -175,7 +169,7 @@ class VisionAttnModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        skip = {f"encoder.vit.{n}" for n in self.model.encoder.vit.no_weight_decay()}
+        skip = {f"encoder.vit.{n}" for n in self.model.encoder.vit.no_weight_decay()} | {"decoder.pos_emb.weight"}
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if not p.requires_grad:

@@ -213,6 +213,11 @@ class VisionAttnDataModule(L.LightningDataModule):
             drop_last=train and len(records) > hp.batch_size,
         )
 
+    def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict:
+        # Only tensors move; the records (text metadata for metrics) stay as they are, uncopied.
+        move = super().transfer_batch_to_device
+        return {k: v if k == "records" else move(v, device, dataloader_idx) for k, v in batch.items()}
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_records, train=True)
 

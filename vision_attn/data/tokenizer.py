@@ -93,8 +93,8 @@ class TextCodec:
         Too-long texts are cut: the prompt keeps its last `max_len // 2` tokens, the target its head.
         """
         target_ids = self.encode(target) + [self.eos]
-        if len(prompt) > max_len // 2:
-            prompt = prompt[:2] + prompt[-(max_len // 2 - 2) :]
+        if len(prompt) > max_len // 2:  # keep the task tokens and the end of the question (with <answer>)
+            prompt = prompt[:2] + prompt[-max(1, max_len // 2 - 2) :]
         target_ids = target_ids[: max_len - len(prompt)]
         ids = prompt + target_ids
         labels = [IGNORE] * (len(prompt) - 1) + target_ids + [IGNORE]

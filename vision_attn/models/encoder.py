@@ -27,6 +27,7 @@ class ImageEncoder(nn.Module):
             patch_size=cfg.patch_size,
             num_classes=0,
             global_pool="token" if cfg.class_token else "avg",
+            fc_norm=False,  # keep the final norm on the tokens (forward_features), not on a pooled head
             embed_dim=cfg.dim,
             depth=cfg.depth,
             num_heads=cfg.num_heads,

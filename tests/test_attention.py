@@ -1,0 +1,210 @@
+"""Attention blocks against a hand-written float64 reference, and the KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from vision_attn.layers import CrossAttention, KVCache, SelfAttention, attention_weights
+
+B, T, N, C, H = 3, 7, 5, 24, 4
+D = C // H
+
+
+def _linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
+    return x @ layer.weight.double().T + layer.bias.double()
+
+
+def _heads(x: Tensor) -> Tensor:
+    """[B, L, C] -> [B, H, L, D]."""
+    return x.view(x.shape[0], x.shape[1], H, D).transpose(1, 2)
+
+
+def _ref_attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
+    """Explicit softmax attention in float64; allowed [B or 1, 1, T, S] bool. Returns [B, T, C]."""
+    scores = (q @ k.transpose(-2, -1)) / D**0.5
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    p = (scores - scores.amax(-1, keepdim=True)).exp()
+    p = p / p.sum(-1, keepdim=True)
+    y = p @ v  # [B, H, T, D]
+    return y.transpose(1, 2).reshape(q.shape[0], q.shape[2], C)
+
+
+def ref_self_attention(attn: SelfAttention, x: Tensor, allowed: Tensor) -> Tensor:
+    x = x.double()
+    q, k, v = _linear(x, attn.qkv).split(C, dim=-1)
+    return _linear(_ref_attend(_heads(q), _heads(k), _heads(v), allowed), attn.proj)
+
+
+def ref_cross_attention(attn: CrossAttention, x: Tensor, memory: Tensor) -> Tensor:
+    x, memory = x.double(), memory.double()
+    k, v = _linear(memory, attn.kv).split(C, dim=-1)
+    allowed = torch.ones(1, 1, x.shape[1], memory.shape[1], dtype=torch.bool)
+    return _linear(_ref_attend(_heads(_linear(x, attn.q)), _heads(k), _heads(v), allowed), attn.proj)
+
+
+def causal(t: int) -> Tensor:
+    return torch.ones(t, t, dtype=torch.bool).tril()[None, None]  # [1, 1, T, T]
+
+
+def left_padded_mask(lengths: list[int], t: int) -> Tensor:
+    """Like generation's prefill: causal over valid (right-aligned) keys; pad queries see only themselves."""
+    valid = torch.zeros(len(lengths), t, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        valid[i, t - n :] = True
+    return (causal(t) & valid[:, None, None, :]) | torch.eye(t, dtype=torch.bool)  # [B, 1, T, T]
+
+
+DTYPES_TOL = [(torch.float64, 1e-6), (torch.float32, 1e-5)]
+
+
+@pytest.fixture
+def self_attn() -> SelfAttention:
+    torch.manual_seed(0)
+    attn = SelfAttention(C, H).eval()
+    with torch.no_grad():  # O(1) weights so that attention patterns are far from uniform
+        for p in attn.parameters():
+            p.normal_(0.0, 0.5)
+    return attn
+
+
+@pytest.fixture
+def cross_attn() -> CrossAttention:
+    torch.manual_seed(1)
+    attn = CrossAttention(C, H).eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.normal_(0.0, 0.5)
+    return attn
+
+
+def _x(*shape: int) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES_TOL)
+def test_self_attention_causal_matches_reference(self_attn: SelfAttention, dtype: torch.dtype, tol: float) -> None:
+    x = _x(B, T, C)
+    expected = ref_self_attention(self_attn, x, causal(T))
+    got = self_attn.to(dtype)(x.to(dtype))
+    torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+    # the first token sees only itself, so the mask really matters: full attention gives another answer
+    full = ref_self_attention(self_attn, x, torch.ones(1, 1, T, T, dtype=torch.bool))
+    assert (full - expected).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES_TOL)
+def test_self_attention_left_padded_mask_matches_reference(
+    self_attn: SelfAttention, dtype: torch.dtype, tol: float
+) -> None:
+    x = _x(B, T, C)
+    mask = left_padded_mask([T, 4, 1], T)
+    expected = ref_self_attention(self_attn, x, mask)
+    got = self_attn.to(dtype)(x.to(dtype), mask=mask)
+    torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+    # a padded member's valid rows equal that member run alone without padding
+    alone = self_attn.to(dtype)(x[1:2, T - 4 :].to(dtype))
+    torch.testing.assert_close(got[1:2, T - 4 :], alone, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES_TOL)
+def test_self_attention_with_cache_matches_full_causal(
+    self_attn: SelfAttention, dtype: torch.dtype, tol: float
+) -> None:
+    attn = self_attn.to(dtype)
+    x = _x(B, T, C).to(dtype)
+    full = attn(x)
+    cache = KVCache(B, H, T + 2, D, dtype, "cpu")
+    prefix = attn(x[:, :3], cache=cache, pos=0)  # prefill: causal over the first 3 tokens
+    steps = [attn(x[:, t : t + 1], cache=cache, pos=t) for t in range(3, T)]  # one token at a time
+    torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES_TOL)
+def test_cross_attention_matches_reference(cross_attn: CrossAttention, dtype: torch.dtype, tol: float) -> None:
+    x, memory = _x(B, T, C), _x(B, N, C)
+    expected = ref_cross_attention(cross_attn, x, memory)
+    attn = cross_attn.to(dtype)
+    got, weights = attn(x.to(dtype), attn.image_kv(memory.to(dtype)))
+    assert weights is None
+    torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cross_attention_weights_path_equals_sdpa_path(cross_attn: CrossAttention, dtype: torch.dtype) -> None:
+    attn = cross_attn.to(dtype)
+    x, memory = _x(B, T, C).to(dtype), _x(B, N, C).to(dtype)
+    kv = attn.image_kv(memory)
+    sdpa, _ = attn(x, kv)
+    explicit, weights = attn(x, kv, need_weights=True)
+    tol = 1e-6 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(explicit, sdpa, atol=tol, rtol=tol)
+    assert weights is not None and weights.shape == (B, H, T, N)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, H, T, dtype=dtype))
+    assert weights.max() > 2.0 / N  # not uniform: the test would not notice a missing scale otherwise
+
+
+def test_attention_weights_match_explicit_softmax_and_sum_to_one() -> None:
+    q, k = _x(B, H, T, D), _x(B, H, T + 3, D)
+    mask = torch.rand(B, 1, T, T + 3, generator=torch.Generator().manual_seed(0)) > 0.3
+    mask[..., 0] = True  # every query keeps at least one key
+    w = attention_weights(q, k, mask)
+    scores = (q @ k.transpose(-2, -1) / D**0.5).masked_fill(~mask, float("-inf"))
+    torch.testing.assert_close(w, scores.exp() / scores.exp().sum(-1, keepdim=True), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(w.sum(-1), torch.ones(B, H, T, dtype=torch.float64))
+    assert (w[~mask.expand_as(w)] == 0).all()
+
+
+def test_attention_weights_causal_aligns_queries_to_the_last_keys() -> None:
+    """With T queries over S >= T keys (a cache), query i is the (S - T + i)-th token and sees keys 0..S-T+i."""
+    S = T + 3
+    q, k = _x(1, H, T, D), _x(1, H, S, D)
+    w = attention_weights(q, k, is_causal=True)
+    allowed = torch.ones(T, S, dtype=torch.bool).tril(S - T)
+    assert (w[..., ~allowed] == 0).all()
+    assert (w[..., allowed] > 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, H, T, dtype=torch.float64))
+
+
+def test_kv_cache_writes_at_position_and_returns_prefix() -> None:
+    cache = KVCache(2, H, 6, D, torch.float32, "cpu")
+    k1, v1 = torch.randn(2, H, 3, D), torch.randn(2, H, 3, D)
+    k, v = cache.update(k1, v1, pos=0)
+    assert k.shape == v.shape == (2, H, 3, D)
+    k2, v2 = torch.randn(2, H, 1, D), torch.randn(2, H, 1, D)
+    k, v = cache.update(k2, v2, pos=3)
+    assert k.shape == (2, H, 4, D)
+    torch.testing.assert_close(k, torch.cat([k1, k2], 2), atol=0, rtol=0)
+    torch.testing.assert_close(v, torch.cat([v1, v2], 2), atol=0, rtol=0)
+    assert (cache.k[:, :, 4:] == 0).all()  # nothing written past the end
+    # overwriting a slot replaces it
+    k3 = torch.randn(2, H, 1, D)
+    k, _ = cache.update(k3, k3, pos=1)
+    torch.testing.assert_close(k[:, :, 1:2], k3, atol=0, rtol=0)
+    torch.testing.assert_close(k[:, :, :1], k1[:, :, :1], atol=0, rtol=0)
+
+
+def test_kv_cache_reorder_selects_rows() -> None:
+    cache = KVCache(3, H, 4, D, torch.float32, "cpu")
+    k, v = torch.randn(3, H, 2, D), torch.randn(3, H, 2, D)
+    cache.update(k, v, pos=0)
+    cache.reorder(torch.tensor([2, 2, 0, 1]))
+    assert cache.k.shape == (4, H, 4, D)
+    torch.testing.assert_close(cache.k[:, :, :2], k[[2, 2, 0, 1]], atol=0, rtol=0)
+    torch.testing.assert_close(cache.v[:, :, :2], v[[2, 2, 0, 1]], atol=0, rtol=0)
+    assert cache.max_len == 4
+    # later writes go to the reordered batch
+    k_new = torch.randn(4, H, 1, D)
+    k_all, _ = cache.update(k_new, k_new, pos=2)
+    torch.testing.assert_close(k_all, torch.cat([k[[2, 2, 0, 1]], k_new], 2), atol=0, rtol=0)
+
+
+def test_kv_cache_overflow_raises() -> None:
+    cache = KVCache(1, H, 4, D, torch.float32, "cpu")
+    cache.update(torch.zeros(1, H, 3, D), torch.zeros(1, H, 3, D), pos=0)
+    cache.update(torch.zeros(1, H, 1, D), torch.zeros(1, H, 1, D), pos=3)  # fills it exactly
+    with pytest.raises(ValueError, match="overflow"):
+        cache.update(torch.zeros(1, H, 1, D), torch.zeros(1, H, 1, D), pos=4)
+    with pytest.raises(ValueError, match="overflow"):
+        cache.update(torch.zeros(1, H, 2, D), torch.zeros(1, H, 2, D), pos=3)

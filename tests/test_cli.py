@@ -1,0 +1,183 @@
+"""The `vision-attn` command: make-synthetic, export, evaluate, caption, vqa; and the exported folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+
+from vision_attn import Pipeline, VisionAttnModel
+from vision_attn.cli import main
+from vision_attn.config import DecoderConfig, EncoderConfig
+from vision_attn.data.datamodule import VisionAttnDataModule
+from vision_attn.data.readers import read_split
+from vision_attn.training import VisionAttnModule
+
+
+@pytest.fixture(scope="module")
+def checkpoint(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for 3 steps on the tiny synthetic set; returns last.ckpt."""
+    out = tmp_path_factory.mktemp("run")
+    L.seed_everything(0)
+    dm = VisionAttnDataModule(root=str(synthetic_root), image_size=32, max_text_len=64, batch_size=8, num_workers=0)
+    module = VisionAttnModule(
+        encoder=EncoderConfig(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
+        decoder=DecoderConfig(dim=32, depth=1, num_heads=2, max_len=64),
+        tokenizer=dm.tokenizer,
+    )
+    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
+    trainer = L.Trainer(
+        max_steps=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ckpt_cb],
+        accelerator="cpu",
+    )
+    trainer.fit(module, dm)
+    return out / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def model_dir(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    assert main(["export", str(checkpoint), str(out)]) == 0
+    return out
+
+
+def test_make_synthetic_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (
+        main(
+            [
+                "make-synthetic",
+                "--out",
+                str(tmp_path),
+                "--train",
+                "3",
+                "--val",
+                "2",
+                "--image-size",
+                "64",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["train_images"] == 3 and counts["val_images"] == 2
+    assert len(read_split(tmp_path, "val")) == 2
+
+
+def test_export_folder_is_self_contained(model_dir: Path, checkpoint: Path) -> None:
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    model = VisionAttnModel.from_pretrained(model_dir)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[f"model.{k}"]), k
+
+
+def test_export_rejects_missing_and_foreign_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        main(["export", str(tmp_path / "nope.ckpt"), str(tmp_path / "out")])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="not written by vision-attn"):
+        main(["export", str(foreign), str(tmp_path / "out")])
+
+
+def test_pipeline_batch_equals_single(model_dir: Path, synthetic_root: Path) -> None:
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu", batch_size=3)
+    paths = sorted((synthetic_root / "val2014").glob("*.jpg"))[:5]
+    batched = pipe.caption([str(p) for p in paths])
+    assert batched == [pipe.caption(str(p)) for p in paths]
+    qs = ["what color is the circle?", "how many objects are there?", "is there a red square?", "where is it?", "x"]
+    answers = pipe.answer([str(p) for p in paths], qs)
+    assert answers == [pipe.answer(str(p), q) for p, q in zip(paths, qs, strict=True)]
+    # every input kind gives the same caption
+    pil = Image.open(paths[0])
+    assert pipe.caption(pil) == pipe.caption(paths[0].read_bytes()) == batched[0]
+
+
+def test_pipeline_rejects_bad_input(model_dir: Path, tmp_path: Path) -> None:
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    from vision_attn.data.errors import ImageLoadError
+
+    with pytest.raises(ImageLoadError, match="bad.jpg"):
+        pipe.caption(str(bad))
+    with pytest.raises(ValueError, match="non-empty"):
+        pipe.answer(Image.new("RGB", (8, 8)), "  ")
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        pipe.caption(torch.zeros(1, 8, 8))
+
+
+def test_caption_command_skips_unreadable_files(
+    model_dir: Path, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i, p in enumerate(sorted((synthetic_root / "val2014").glob("*.jpg"))[:2]):
+        (folder / "sub" / f"{i}.jpg").write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (folder / "notes.txt").write_text("not an image, not matched by extension")
+    code = main(["caption", "--model", str(model_dir), "--json", "--device", "cpu", str(folder)])
+    out, err = capsys.readouterr()
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert code == 1  # one file failed
+    assert sorted(Path(x["image"]).name for x in lines) == ["0.jpg", "1.jpg"]
+    assert all(isinstance(x["caption"], str) for x in lines)
+    assert "broken.jpg" in err and err.count("error:") == 1
+
+
+def test_vqa_command(model_dir: Path, synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:
+    image = sorted((synthetic_root / "val2014").glob("*.jpg"))[0]
+    q = "what color is the circle?"
+    assert (
+        main(["vqa", "--model", str(model_dir), "--image", str(image), "--question", q, "--json", "--device", "cpu"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["answer"] == Pipeline.from_pretrained(model_dir, device="cpu").answer(str(image), q)
+
+
+def test_evaluate_command_writes_standard_files(model_dir: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model_dir),
+                "--data-root",
+                str(synthetic_root),
+                "--split",
+                "val",
+                "--baseline-split",
+                "train",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    caps = json.loads((out / "captions_results.json").read_text())
+    answers = json.loads((out / "vqa_results.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    records = read_split(synthetic_root, "val")
+    assert sorted(c["image_id"] for c in caps) == sorted(r.image_id for r in records)
+    assert sorted(a["question_id"] for a in answers) == sorted(q.question_id for r in records for q in r.questions)
+    for key in ("bleu4", "cider", "vqa_accuracy", "majority_baseline"):
+        assert isinstance(metrics[key], float), key
+    assert 0.0 <= metrics["vqa_accuracy"] <= 100.0
+    per_type = metrics["per_question_type_vs_majority"]
+    assert set(per_type) == {q.question_type for r in records for q in r.questions}
+    assert all(0 <= v["majority_baseline"] <= 100 for v in per_type.values())

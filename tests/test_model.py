@@ -1,0 +1,249 @@
+"""The assembled model: shapes, grouped forward, the exported folder, config checks, pretrained ViT weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor
+
+from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
+from vision_attn.layers import KVCache
+from vision_attn.models import ImageEncoder, VisionAttnModel, text_loss
+
+# the tiny config of conftest: 32 px images in 8 px patches, decoder width 48, vocabulary 60
+IMAGE_SIZE, N_TOKENS, WIDTH, VOCAB = 32, 16, 48, 60
+
+
+@pytest.fixture(autouse=True)
+def _check_tiny_config(make_config) -> None:
+    cfg = make_config()
+    assert (cfg.encoder.image_size, cfg.encoder.grid_size**2) == (IMAGE_SIZE, N_TOKENS)
+    assert (cfg.decoder.dim, cfg.decoder.vocab_size) == (WIDTH, VOCAB)
+
+
+def _ids(m: int, t: int, seed: int = 0) -> Tensor:
+    return torch.randint(3, VOCAB, (m, t), generator=torch.Generator().manual_seed(seed))
+
+
+def test_forward_shapes_and_finite(tiny_model: VisionAttnModel, images: Tensor) -> None:
+    assert tiny_model.encode(images).shape == (4, N_TOKENS, 48)
+    logits = tiny_model(images, _ids(4, 9))
+    assert logits.shape == (4, 9, VOCAB)
+    assert torch.isfinite(logits).all()
+    # several texts per image: image_index picks the image of each text
+    index = torch.tensor([0, 0, 3, 1, 3])
+    ids = _ids(5, 6)
+    shared = tiny_model(images, ids, image_index=index)
+    assert shared.shape == (5, 6, VOCAB)
+    torch.testing.assert_close(shared, tiny_model(images[index], ids), atol=1e-5, rtol=1e-5)
+    assert (shared[0] - shared[2]).abs().max() > 1e-2  # the image matters
+
+
+@pytest.mark.parametrize("class_token", [False, True])
+def test_encoder_returns_patch_tokens_only(make_config, class_token: bool) -> None:
+    cfg = dataclasses.replace(make_config().encoder, class_token=class_token)
+    enc = ImageEncoder(cfg, out_dim=cfg.dim).eval()  # same width: no projection
+    assert isinstance(enc.proj, torch.nn.Identity)
+    assert enc(torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, N_TOKENS, cfg.dim)
+
+
+def test_decoder_is_causal(tiny_model: VisionAttnModel, images: Tensor) -> None:
+    ids = _ids(2, 8)
+    changed = ids.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % VOCAB
+    a, b = tiny_model(images[:2], ids), tiny_model(images[:2], changed)
+    torch.testing.assert_close(a[:, :5], b[:, :5], atol=0, rtol=0)
+    assert (a[:, 5:] - b[:, 5:]).abs().max() > 1e-3
+
+
+def test_decoder_with_caches_and_default_positions_equals_full_forward(
+    tiny_model: VisionAttnModel, images: Tensor
+) -> None:
+    """The decoder's own incremental path: caches written at `pos`, positions defaulting to pos..pos+T-1."""
+    dec, cfg = tiny_model.decoder, tiny_model.config.decoder
+    ids = _ids(4, 9)
+    with torch.no_grad():
+        kv = dec.image_kv(tiny_model.encode(images))
+        full, _ = dec(ids, kv)
+        head = cfg.dim // cfg.num_heads
+        caches = [KVCache(4, cfg.num_heads, cfg.max_len, head, torch.float32, "cpu") for _ in dec.blocks]
+        parts = [dec(ids[:, :4], kv, caches=caches, pos=0)[0]]
+        parts += [dec(ids[:, t : t + 1], kv, caches=caches, pos=t)[0] for t in range(4, 9)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_groups_equal_separate_forwards(tiny_model: VisionAttnModel, images: Tensor) -> None:
+    captions, cap_index = _ids(4, 10, seed=1), None  # one per image
+    questions, q_index = _ids(6, 5, seed=2), torch.tensor([0, 1, 1, 2, 3, 3])
+    got = tiny_model.forward_groups(images, [(captions, cap_index), (questions, q_index)])
+    assert [g.shape for g in got] == [(4, 10, VOCAB), (6, 5, VOCAB)]
+    torch.testing.assert_close(got[0], tiny_model(images, captions), atol=0, rtol=0)
+    torch.testing.assert_close(got[1], tiny_model(images, questions, image_index=q_index), atol=0, rtol=0)
+
+
+def test_gradients_reach_encoder_and_decoder(make_model, images: Tensor) -> None:
+    model = make_model().train()
+    ids = _ids(4, 7)
+    labels = ids.roll(-1, dims=1)
+    labels[:, -1] = -100
+    text_loss(model(images, ids), labels).backward()
+    for name in (
+        "encoder.vit.patch_embed.proj.weight",
+        "decoder.blocks.0.cross_attn.kv.weight",
+        "decoder.tok_emb.weight",
+    ):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("class_token", [False, True])
+def test_every_parameter_is_used_and_patch_tokens_are_normed(make_config, class_token: bool, images: Tensor) -> None:
+    """DDP requires every parameter to take part in the loss; the decoder expects final-normed patch tokens."""
+    cfg = make_config()
+    cfg.encoder = dataclasses.replace(cfg.encoder, dim=48, num_heads=2, class_token=class_token)
+    model = VisionAttnModel(cfg)  # library init: final LayerNorm has weight 1, bias 0
+    tokens = model.encode(images)
+    torch.testing.assert_close(tokens.mean(-1), torch.zeros(4, N_TOKENS), atol=1e-4, rtol=0)
+    torch.testing.assert_close(tokens.std(-1, unbiased=False), torch.ones(4, N_TOKENS), atol=1e-2, rtol=0)
+    ids = _ids(4, 6)
+    model(images, ids).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_text_loss_ignores_non_targets() -> None:
+    logits = torch.randn(2, 4, 7, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[-100, 3, 5, -100], [-100, -100, 6, 2]])
+    keep = labels != -100
+    expected = F.cross_entropy(logits[keep], labels[keep])
+    torch.testing.assert_close(text_loss(logits, labels), expected)
+    # the ignored positions really are ignored
+    logits2 = logits.clone()
+    logits2[~keep] = 100.0
+    torch.testing.assert_close(text_loss(logits2, labels), expected)
+
+
+# ---------------------------------------------------------------------------------------------- the folder
+
+
+def test_save_and_load_round_trip(
+    tiny_model: VisionAttnModel, images: Tensor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny_model.save_pretrained(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+    assert ModelConfig.from_dict(json.loads((tmp_path / "model" / "config.json").read_text())) == tiny_model.config
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("from_pretrained must not unpickle anything")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = VisionAttnModel.from_pretrained(tmp_path / "model")
+    monkeypatch.undo()
+    assert not loaded.training
+    assert loaded.decoder.lm_head.weight is loaded.decoder.tok_emb.weight  # still tied after loading
+    ids = _ids(4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, ids), tiny_model(images, ids), atol=0, rtol=0)
+    for (name, a), (_, b) in zip(tiny_model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_from_pretrained_ignores_the_encoder_weights_file(make_config, tmp_path: Path, images: Tensor) -> None:
+    """The exported weights are complete: the ViT file named at training time may be gone."""
+    vit_file = tmp_path / "vit.safetensors"
+    save_file(ImageEncoder(make_config().encoder, 48).vit.state_dict(), str(vit_file))
+    cfg = make_config()
+    cfg.encoder.pretrained = str(vit_file)
+    model = VisionAttnModel(cfg).eval()
+    model.save_pretrained(tmp_path / "model")
+    vit_file.unlink()
+    loaded = VisionAttnModel.from_pretrained(tmp_path / "model")
+    ids = _ids(4, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, ids), model(images, ids), atol=0, rtol=0)
+
+
+def test_from_pretrained_names_a_missing_file(tiny_model: VisionAttnModel, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        VisionAttnModel.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: EncoderConfig(image_size=30, patch_size=8), r"image_size=30 must be a multiple of .*patch_size=8"),
+        (lambda: EncoderConfig(dim=30, num_heads=4), r"encoder.dim=30 must be divisible by encoder.num_heads=4"),
+        (lambda: DecoderConfig(dim=50, num_heads=4), r"decoder.dim=50 must be divisible by decoder.num_heads=4"),
+        (lambda: DecoderConfig(max_len=2), r"decoder.max_len=2"),
+        (lambda: VisionAttnModel(make_tiny(vocab_size=0)), r"vocab_size must be set"),
+        (lambda: make_tiny(vocab_size=2), r"special token ids must be smaller than decoder.vocab_size"),
+        (lambda: ModelConfig.from_dict({"encoder": {}, "decoderr": {}}), r"unknown model config keys \['decoderr'\]"),
+        (lambda: ModelConfig(encoder={"image_size": 33, "patch_size": 8}), r"image_size=33"),
+    ],
+)
+def test_invalid_configs_raise_helpful_errors(make, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def make_tiny(vocab_size: int) -> ModelConfig:
+    return ModelConfig(
+        EncoderConfig(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
+        DecoderConfig(vocab_size=vocab_size, dim=48, depth=1, num_heads=2, max_len=16),
+    )
+
+
+def test_config_dict_round_trip(
+    make_config,
+) -> None:
+    cfg = make_config()
+    again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    assert isinstance(again.encoder, EncoderConfig) and isinstance(again.decoder, DecoderConfig)
+
+
+# ---------------------------------------------------------------------------------------------- pretrained ViT
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_encoder_loads_local_pretrained_weights(make_config, tmp_path: Path, suffix: str) -> None:
+    cfg = make_config().encoder
+    torch.manual_seed(123)
+    source = ImageEncoder(cfg, 48).vit
+    path = tmp_path / f"vit{suffix}"
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save({"model": state}, path)
+
+    torch.manual_seed(0)
+    fresh = ImageEncoder(cfg, 48).vit
+    assert not torch.equal(fresh.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    loaded = ImageEncoder(dataclasses.replace(cfg, pretrained=str(path)), 48).vit
+    torch.testing.assert_close(loaded.patch_embed.proj.weight, source.patch_embed.proj.weight, atol=0, rtol=0)
+    for (name, a), (_, b) in zip(source.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_encoder_pretrained_missing_file_raises(make_config, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(make_config().encoder, pretrained=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        ImageEncoder(cfg, 48)
+
+
+def test_encoder_pretrained_wrong_architecture_raises(make_config, tmp_path: Path) -> None:
+    """Weights of a shallower ViT leave blocks uninitialised: that must be an error, not a silent partial load."""
+    cfg = make_config().encoder
+    path = tmp_path / "vit.safetensors"
+    save_file(ImageEncoder(cfg, 48).vit.state_dict(), str(path))
+    deeper = dataclasses.replace(cfg, depth=2, pretrained=str(path))
+    with pytest.raises(ValueError, match="weights missing"):
+        ImageEncoder(deeper, 48)

@@ -1,0 +1,323 @@
+"""Short real training runs on the tiny synthetic set: the CLI, resuming, bad data, and CPU DDP."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from vision_attn.config import DecoderConfig, EncoderConfig
+from vision_attn.data.datamodule import VisionAttnDataModule
+from vision_attn.data.errors import DataFormatError
+from vision_attn.lightning_cli import main
+from vision_attn.training import VisionAttnModule
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo.yaml"
+
+TINY_MODEL = {
+    "encoder": {"image_size": 32, "patch_size": 8, "dim": 32, "depth": 1, "num_heads": 2},
+    "decoder": {"dim": 48, "depth": 1, "num_heads": 2, "max_len": 48},
+    "warmup_steps": 2,
+    "val_caption_tokens": 8,
+    "val_answer_tokens": 4,
+}
+TINY_DATA = {"batch_size": 8, "num_workers": 0, "val_max_images": 8}
+
+
+def flags(prefix: str, values: dict[str, Any]) -> list[str]:
+    """{"a": {"b": 1}} -> ["--prefix.a.b", "1"]."""
+    out = []
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out += flags(f"{prefix}.{k}", v)
+        else:
+            out += [f"--{prefix}.{k}", str(v)]
+    return out
+
+
+def datamodule(root: Path) -> VisionAttnDataModule:
+    return VisionAttnDataModule(root=str(root), image_size=32, max_text_len=48, batch_size=8, num_workers=0)
+
+
+def module(dm: VisionAttnDataModule) -> VisionAttnModule:
+    return VisionAttnModule(
+        encoder=EncoderConfig(**TINY_MODEL["encoder"]),
+        decoder=DecoderConfig(**TINY_MODEL["decoder"]),
+        warmup_steps=2,
+        val_caption_tokens=8,
+        val_answer_tokens=4,
+        tokenizer=dm.tokenizer,
+    )
+
+
+def trainer(root_dir: Path, **kw: Any) -> L.Trainer:
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "default_root_dir": str(root_dir),
+    }
+    return L.Trainer(**{**defaults, **kw})
+
+
+def read_metrics_csv(root: Path) -> list[dict[str, str]]:
+    files = sorted(root.rglob("metrics.csv"))
+    assert files, f"no metrics.csv under {root}"
+    with files[-1].open() as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_fit_two_steps_logs_validation_metrics(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the demo config writes runs/demo/... relative to the working directory
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    args = [
+        "fit",
+        "--config",
+        str(DEMO),
+        "--data.root",
+        str(synthetic_root),
+        *flags("model", TINY_MODEL),
+        *flags("data", TINY_DATA),
+        *flags(
+            "trainer",
+            {
+                "accelerator": "cpu",
+                "max_steps": 2,
+                "limit_train_batches": 2,
+                "limit_val_batches": 1,
+                "check_val_every_n_epoch": 1,
+                "num_sanity_val_steps": 0,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "log_every_n_steps": 1,
+            },
+        ),
+    ]
+    cli = main(args, run=True)
+    assert cli.trainer.global_step == 2
+    metrics = cli.trainer.callback_metrics
+    for key in ("val/vqa_accuracy", "val/bleu4", "val/cider", "val/loss", "train/loss"):
+        assert key in metrics, f"{key} not logged; got {sorted(metrics)}"
+        assert torch.isfinite(metrics[key])
+    assert 0.0 <= float(metrics["val/vqa_accuracy"]) <= 100.0
+    # the links: the data follows the model's image size and text length, the model the tokenizer's vocabulary
+    assert cli.datamodule.hparams.image_size == 32 and cli.datamodule.hparams.max_text_len == 48
+    assert cli.model.model.config.decoder.vocab_size == len(cli.datamodule.tokenizer)
+    # the demo's logger and checkpoint callback did their jobs
+    rows = read_metrics_csv(tmp_path / "runs" / "demo")
+    assert any(r.get("val/cider") for r in rows)
+    ckpt = torch.load(tmp_path / "runs/demo/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert json.loads(ckpt["vision_attn"]["tokenizer_json"])  # export needs the tokenizer
+    assert ckpt["vision_attn"]["model_config"]["decoder"]["vocab_size"] == len(cli.datamodule.tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------- resuming
+
+
+class ResumeProbe(L.Callback):
+    """Records the state training (re)starts from."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.global_step = trainer.global_step
+        self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict())  # its tensors are updated in place
+        self.scheduler_last_epoch = trainer.lr_scheduler_configs[0].scheduler.last_epoch
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_resume_continues_steps_optimizer_and_schedule(synthetic_root: Path, tmp_path: Path) -> None:
+    L.seed_everything(0)
+    dm = datamodule(synthetic_root)
+    save = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
+    # epochs of 2 steps, so that step 4 ends an epoch (mid-epoch resumes are approximate in Lightning)
+    first = trainer(tmp_path, max_steps=4, limit_train_batches=2, callbacks=[save], enable_checkpointing=True)
+    first.fit(module(dm), dm)
+    assert first.global_step == 4
+    last = tmp_path / "ckpt" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 4
+    assert saved["lr_schedulers"][0]["last_epoch"] == 4
+
+    probe = ResumeProbe()
+    second = trainer(tmp_path, max_steps=6, limit_train_batches=2, callbacks=[probe])
+    resumed = module(dm)  # fresh weights: everything must come from the checkpoint
+    # weights_only=False: see test_resume_with_default_weights_only (the hyperparameters hold config dataclasses)
+    second.fit(resumed, dm, ckpt_path=str(last), weights_only=False)
+
+    assert probe.global_step == 4
+    assert second.global_step == 6
+    assert saved["state_dict"].keys() == probe.weights.keys()
+    for k, v in saved["state_dict"].items():
+        assert torch.equal(probe.weights[k], v), k
+    saved_opt = saved["optimizer_states"][0]["state"]
+    assert saved_opt and probe.optimizer["state"].keys() == saved_opt.keys()
+    for i, s in saved_opt.items():
+        assert torch.equal(probe.optimizer["state"][i]["exp_avg"], s["exp_avg"])
+        assert torch.equal(probe.optimizer["state"][i]["exp_avg_sq"], s["exp_avg_sq"])
+        assert float(probe.optimizer["state"][i]["step"]) == 4
+    assert probe.scheduler_last_epoch == 4
+    assert probe.lr == pytest.approx(saved["optimizer_states"][0]["param_groups"][0]["lr"])
+    assert second.lr_scheduler_configs[0].scheduler.last_epoch == 6
+    # and it trained on: the weights moved away from the checkpoint
+    after = resumed.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in saved["state_dict"].items())
+
+
+def test_resume_with_default_weights_only(synthetic_root: Path, tmp_path: Path) -> None:
+    dm = datamodule(synthetic_root)
+    save = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
+    trainer(tmp_path, max_steps=1, callbacks=[save], enable_checkpointing=True).fit(module(dm), dm)
+    again = trainer(tmp_path, max_steps=2)
+    again.fit(module(dm), dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # as `train.py fit --ckpt_path` does
+    assert again.global_step == 2
+
+
+# ---------------------------------------------------------------------------------------------- optimisation
+
+
+def _configured(dm: VisionAttnDataModule, total_steps: int, **hparams: Any) -> tuple[VisionAttnModule, dict]:
+    mod = module(dm)
+    mod.hparams.update(hparams)
+    mod.trainer = SimpleNamespace(estimated_stepping_batches=total_steps)  # all configure_optimizers reads of it
+    return mod, mod.configure_optimizers()
+
+
+@pytest.fixture(scope="module")
+def tiny_dm(synthetic_root: Path) -> VisionAttnDataModule:
+    return datamodule(synthetic_root)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor(tiny_dm: VisionAttnDataModule) -> None:
+    mod, conf = _configured(tiny_dm, 100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.05)
+    sched = conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    lam = sched.lr_lambdas[0]
+    assert lam(0) == pytest.approx(0.1) and lam(9) == pytest.approx(1.0)  # linear warmup from lr/10 to lr
+    assert lam(10) == pytest.approx(1.0) and lam(55) == pytest.approx(0.525)  # cosine midpoint
+    assert lam(100) == pytest.approx(0.05) and lam(150) == pytest.approx(0.05)  # never below the floor
+    assert all(lam(s) >= lam(s + 1) for s in range(10, 100))
+    # warmup never takes more than half of a short run
+    _, short = _configured(tiny_dm, 8, warmup_steps=200)
+    assert short["lr_scheduler"]["scheduler"].lr_lambdas[0](4) == pytest.approx(1.0)
+
+
+def test_weight_decay_only_on_matrices(tiny_dm: VisionAttnDataModule) -> None:
+    mod, conf = _configured(tiny_dm, 100)
+    decay, no_decay = conf["optimizer"].param_groups
+    assert decay["weight_decay"] == mod.hparams.weight_decay and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in mod.model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)  # every parameter once (tied ones once)
+    assert "decoder.blocks.0.self_attn.qkv.weight" in decayed and "encoder.vit.patch_embed.proj.weight" in decayed
+    assert not any(n.endswith(".bias") or ".norm" in n for n in decayed)
+    assert "encoder.vit.pos_embed" not in decayed
+
+
+def test_decoder_position_embeddings_are_not_decayed(tiny_dm: VisionAttnDataModule) -> None:
+    mod, conf = _configured(tiny_dm, 100)
+    decayed = {id(p) for p in conf["optimizer"].param_groups[0]["params"]}
+    assert id(mod.model.decoder.pos_emb.weight) not in decayed
+
+
+# ---------------------------------------------------------------------------------------------- bad data
+
+
+def test_corrupt_image_is_skipped_and_named(
+    synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    bad = sorted((root / "train2014").glob("*.jpg"))[5]
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg " * 20)
+    dm = datamodule(root)
+    caplog.set_level(logging.WARNING)
+    # one epoch of 6 batches of 8 (drop_last) visits all 48 training images, the bad one included
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(module(dm), dm)
+    assert t.global_step == 6  # no batch was lost: the bad image only shrank its batch
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(bad.name in m for m in warnings), warnings
+    assert any("skipped 1 unreadable images during training" in m for m in warnings), warnings
+
+
+def test_malformed_json_fails_at_construction(synthetic_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    captions = root / "annotations" / "captions_train2014.json"
+    data = json.loads(captions.read_text())
+    data["annotations"][3]["caption"] = 7
+    captions.write_text(json.dumps(data))
+    with pytest.raises(DataFormatError) as err:
+        datamodule(root)
+    message = str(err.value)
+    assert str(captions) in message
+    assert "annotations[3].caption must be a string, got int" in message
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+
+
+@pytest.mark.parametrize(
+    "class_token",
+    [
+        True,
+        False,
+    ],
+)
+def test_ddp_two_cpu_processes(synthetic_root: Path, tmp_path: Path, class_token: bool) -> None:
+    """About 15 s per run on 2 busy cores."""
+    cfg = yaml.safe_load(DEMO.read_text())
+    cfg["model"].update(TINY_MODEL)
+    cfg["model"]["encoder"] = {**TINY_MODEL["encoder"], "class_token": class_token}
+    cfg["data"].update(TINY_DATA, root=str(synthetic_root))
+    cfg["trainer"].update(
+        default_root_dir=str(tmp_path / "run"),
+        check_val_every_n_epoch=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "run")
+    cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "run" / "checkpoints")
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, str(REPO / "train.py"), "fit", "--config", str(config)]
+    cmd += ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    cmd += ["--trainer.max_steps", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    # 48 images / 2 ranks / 8 per batch = 3 steps: one epoch, then validation gathered across both ranks
+    rows = read_metrics_csv(tmp_path / "run")
+    val = [r for r in rows if r.get("val/vqa_accuracy")]
+    assert val, rows
+    assert max(int(r["step"]) for r in rows if r.get("step")) <= 3
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3
