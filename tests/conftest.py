@@ -34,9 +34,9 @@ def tiny_config(vocab_size: int = VOCAB, max_len: int = MAX_LEN) -> ModelConfig:
 
 
 def build_tiny_model(
-    config: ModelConfig | None = None, seed: int = 0, dtype: torch.dtype = torch.float32
+    config: ModelConfig | None = None, seed: int = 25, dtype: torch.dtype = torch.float32
 ) -> VisionAttnModel:
-    """A seeded tiny model re-initialised with O(1) weights.
+    """A seeded tiny model re-initialised with O(1) weights (seed 25: some greedy outputs stop at EOS, some not).
 
     The library's init (std 0.02) makes an untrained decoder emit one token over and over, which would let
     generation tests pass for the wrong reasons; O(1) embeddings and 1/sqrt(fan_in) projections give varied,

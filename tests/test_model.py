@@ -108,7 +108,10 @@ def test_every_parameter_is_used_and_patch_tokens_are_normed(make_config, class_
     cfg = make_config()
     cfg.encoder = dataclasses.replace(cfg.encoder, dim=48, num_heads=2, class_token=class_token)
     model = VisionAttnModel(cfg)  # library init: final LayerNorm has weight 1, bias 0
-    tokens = model.encode(images)
+    pos = model.encoder.memory_pos  # fixed 2-D sin-cos positions, added after the norm; not saved
+    assert pos.shape == (N_TOKENS, 48) and "encoder.memory_pos" not in model.state_dict()
+    assert len({tuple(row.tolist()) for row in pos}) == N_TOKENS  # every patch has its own position
+    tokens = model.encode(images) - pos
     torch.testing.assert_close(tokens.mean(-1), torch.zeros(4, N_TOKENS), atol=1e-4, rtol=0)
     torch.testing.assert_close(tokens.std(-1, unbiased=False), torch.ones(4, N_TOKENS), atol=1e-2, rtol=0)
     ids = _ids(4, 6)

@@ -80,6 +80,8 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
             raise ValueError(f"decoder.dim={self.dim} must be divisible by decoder.num_heads={self.num_heads}")
+        if self.dim % 4:
+            raise ValueError(f"decoder.dim={self.dim} must be a multiple of 4 (2-D sin-cos positions of the patches)")
         if self.max_len < 16:
             raise ValueError(f"decoder.max_len={self.max_len} is too short; use at least 16")
 

@@ -68,14 +68,17 @@ class VisionAttnModule(L.LightningModule):
         decoder = dataclasses.replace(decoder, vocab_size=self.codec.vocab_size)
         self.model_config = ModelConfig(encoder, decoder, self.codec.pad, self.codec.bos, self.codec.eos)
         self.model = VisionAttnModel(self.model_config)
-        self.__dict__["_forward"] = self.model  # not a submodule: keeps compiled wrappers out of state_dict
+        # not a submodule, so a compiled wrapper stays out of state_dict
+        self.__dict__["_forward_groups"] = self.model.forward_groups
+        self._compiled = False
         self._preds = Predictions()
         self._skipped = 0
 
     def configure_model(self) -> None:
         use = self.hparams.compile if self.hparams.compile is not None else self.device.type == "cuda"
-        if use and self._forward is self.model:
-            self.__dict__["_forward"] = torch.compile(self.model)
+        if use and not self._compiled:  # forward_groups, not forward, is what training calls
+            self.__dict__["_forward_groups"] = torch.compile(self.model.forward_groups)
+            self._compiled = True
 
     # ---- training ----
 
@@ -83,7 +86,7 @@ class VisionAttnModule(L.LightningModule):
         """Per task: mean cross-entropy over its target tokens; `loss` is their weighted sum."""
         names = [name for name in TASKS if name in batch]
         groups = [(batch[name]["input_ids"], batch[name]["image_index"]) for name in names]
-        logits = self._forward.forward_groups(batch["images"], groups)
+        logits = self._forward_groups(batch["images"], groups)
         weights = {"caption": self.hparams.caption_weight, "vqa": self.hparams.vqa_weight}
         out = {f"{name}_loss": text_loss(lg, batch[name]["labels"]) for name, lg in zip(names, logits, strict=True)}
         out["loss"] = sum(weights[name] * out[f"{name}_loss"] for name in names)

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import torch
-from timm.layers import PatchEmbed
+from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
@@ -40,11 +40,16 @@ class ImageEncoder(nn.Module):
             load_vit_weights(self.vit, cfg.pretrained)
         # Encoder and decoder widths may differ; an off projection is Identity so forward has no branch.
         self.proj = nn.Linear(cfg.dim, out_dim) if cfg.dim != out_dim else nn.Identity()
+        # Fixed 2-D sin-cos positions added to the tokens the decoder attends to (as DETR does for its
+        # cross-attention): "where" stays explicit after the ViT has mixed its own position embeddings into
+        # content, which position words and left-of/closest-to questions need. No parameters.
+        grid = [cfg.grid_size, cfg.grid_size]
+        self.register_buffer("memory_pos", build_sincos2d_pos_embed(grid, dim=out_dim), persistent=False)  # [N, C]
 
     def forward(self, images: Tensor) -> Tensor:
         """images [B, 3, H, W] (normalised) -> patch tokens [B, N, out_dim], N = grid_size^2."""
         x = self.vit.forward_features(images)  # [B, prefix + N, C_enc], final-normed
-        return self.proj(x[:, self.vit.num_prefix_tokens :])
+        return self.proj(x[:, self.vit.num_prefix_tokens :]) + self.memory_pos.to(x.dtype)
 
 
 class ConvStemEmbed(PatchEmbed):
