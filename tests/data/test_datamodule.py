@@ -54,10 +54,14 @@ def test_task_selection_shapes_the_batch(synthetic_root: Path, tasks: str) -> No
 
 
 def test_caption_only_and_vqa_only_data(synthetic_root: Path, tmp_path: Path) -> None:
-    caps = _dm(train_files=_files(synthetic_root, "train", vqa=False), val_files=_files(synthetic_root, "val", vqa=False))
+    caps = _dm(
+        train_files=_files(synthetic_root, "train", vqa=False), val_files=_files(synthetic_root, "val", vqa=False)
+    )
     assert all(r.captions and not r.questions for r in caps.train_records)
-    vqa = _dm(train_files=_files(synthetic_root, "train", captions=False),
-              val_files=_files(synthetic_root, "val", captions=False))
+    vqa = _dm(
+        train_files=_files(synthetic_root, "train", captions=False),
+        val_files=_files(synthetic_root, "val", captions=False),
+    )
     assert all(r.questions and not r.captions for r in vqa.train_records)
     # and a root folder holding only the VQA files (images found by the COCO 2014 naming convention)
     root = tmp_path / "vqa_only"
