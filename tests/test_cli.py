@@ -181,3 +181,78 @@ def test_evaluate_command_writes_standard_files(model_dir: Path, synthetic_root:
     per_type = metrics["per_question_type_vs_majority"]
     assert set(per_type) == {q.question_type for r in records for q in r.questions}
     assert all(0 <= v["majority_baseline"] <= 100 for v in per_type.values())
+
+
+def test_answer_top_k_is_ranked_and_sums_to_at_most_one(model_dir: Path, synthetic_root: Path) -> None:
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu", batch_size=2)
+    paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:3]]
+    qs = ["what color is the circle?", "how many objects are there?", "is there a red square?"]
+    ranked = pipe.answer(paths, qs, top_k=3)
+    for answers in ranked:
+        probs = [a["probability"] for a in answers]
+        assert 1 <= len(answers) <= 3 and len({a["answer"] for a in answers}) == len(answers)
+        assert probs == sorted(probs, reverse=True) and all(0 < p <= 1 for p in probs) and sum(probs) <= 1 + 1e-6
+    assert ranked == [pipe.answer(p, q, top_k=3) for p, q in zip(paths, qs, strict=True)]  # batch == alone
+    with pytest.raises(ValueError, match="top_k"):
+        pipe.answer(paths[0], qs[0], top_k=0)
+
+
+def test_answer_candidates_are_ranked_by_their_probability(model_dir: Path, synthetic_root: Path) -> None:
+    from vision_attn.generation import score_continuations
+
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu", batch_size=2)
+    paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:3]]
+    qs = ["what color is the circle?", "what shape is the red object?", "where is the blue square?"]
+    cands = ["red", "blue", "top left", "circle"]
+    ranked = pipe.answer(paths, qs, candidates=cands)
+    for path, q, answers in zip(paths, qs, ranked, strict=True):
+        assert sorted(a["answer"] for a in answers) == sorted(cands)
+        probs = [a["probability"] for a in answers]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        # each probability is the teacher-forced probability of the answer tokens and EOS
+        x = pipe.preprocess(path)[None]
+        best = answers[0]["answer"]
+        answer_ids = pipe.codec.encode(best) + [pipe.codec.eos]
+        logp = score_continuations(pipe.model, x, [pipe.codec.vqa_prompt(q)], [answer_ids])
+        assert answers[0]["probability"] == pytest.approx(float(logp.exp()), rel=1e-5)
+    assert ranked == [pipe.answer(p, q, candidates=cands) for p, q in zip(paths, qs, strict=True)]
+    assert [len(r) for r in pipe.answer(paths, qs, candidates=cands, top_k=2)] == [2, 2, 2]
+    with pytest.raises(ValueError, match="candidates"):
+        pipe.answer(paths[0], qs[0], candidates=["red", ""])
+
+
+def test_vqa_command_top_k(model_dir: Path, synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:
+    image = str(sorted((synthetic_root / "val2014").glob("*.jpg"))[0])
+    q = "what color is the circle?"
+    assert (
+        main(
+            [
+                "vqa",
+                "--model",
+                str(model_dir),
+                "--image",
+                image,
+                "--question",
+                q,
+                "--top-k",
+                "3",
+                "--json",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["answers"] == Pipeline.from_pretrained(model_dir, device="cpu").answer(image, q, top_k=3)
+    assert out["answer"] == out["answers"][0]["answer"]
+
+
+def test_caption_command_batches_equal_single(
+    model_dir: Path, synthetic_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:5]]
+    assert main(["caption", "--model", str(model_dir), "--batch-size", "2", "--device", "cpu", *paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu")
+    assert lines == [f"{p}\t{pipe.caption(p)}" for p in paths]

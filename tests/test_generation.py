@@ -332,3 +332,24 @@ def test_sampled_tokens_stay_in_the_nucleus(make_model, images: Tensor) -> None:
                     assert tok in nucleus
                     outside_greedy += tok != nucleus[0]
     assert outside_greedy > 0  # it really samples, not just argmax
+
+
+def test_score_continuations_equals_the_generation_score(tiny_model: VisionAttnModel, images: Tensor) -> None:
+    """The summed log-probability of a greedy text and its EOS, scored by teacher forcing, is its greedy score."""
+    from vision_attn.generation import score_continuations
+
+    out = generate(tiny_model, images, PROMPTS, max_new_tokens=12)
+    stopped = [i for i, s in enumerate(out.sequences) if len(s) < 12]
+    assert stopped, "the fixture must stop at EOS for some prompts"
+    conts = [out.sequences[i] + [EOS] for i in stopped]
+    scores = score_continuations(tiny_model, images[stopped], [PROMPTS[i] for i in stopped], conts)
+    assert scores.tolist() == pytest.approx([out.scores[i] for i in stopped], abs=1e-4)
+    with pytest.raises(ValueError, match="at least one token"):
+        score_continuations(tiny_model, images[:1], [PROMPTS[0]], [[]])
+
+
+def test_beam_hypotheses_are_ranked_and_hold_the_best(tiny_model: VisionAttnModel, images: Tensor) -> None:
+    out = generate(tiny_model, images, PROMPTS, max_new_tokens=6, num_beams=4)
+    for seq, hyps in zip(out.sequences, out.hypotheses, strict=True):
+        assert 1 <= len(hyps) <= 4 and hyps[0][0] == seq
+        assert all(logp <= 0 for _, logp in hyps)

@@ -53,20 +53,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
     from vision_attn.data.errors import ImageLoadError
     from vision_attn.data.images import find_images
-    from vision_attn.inference import Pipeline
+    from vision_attn.inference import Pipeline, generate_captions
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    paths = find_images(args.paths)
     failed = 0
-    for path in find_images(args.paths):
-        try:
-            cap = pipe.caption(str(path), num_beams=args.num_beams)
-        except ImageLoadError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        print(json.dumps({"image": str(path), "caption": cap}) if args.json else f"{path}\t{cap}", flush=True)
+    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16)
+    for start in range(0, len(paths), args.batch_size):
+        good, tensors = [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                tensors.append(pipe.preprocess(path))
+                good.append(path)
+            except ImageLoadError as e:  # one line naming the file; the rest are still captioned
+                tqdm.write(f"error: {e}", file=sys.stderr)
+                failed += 1
+        if good:
+            with torch.inference_mode():
+                caps = generate_captions(
+                    pipe.model,
+                    pipe.codec,
+                    torch.stack(tensors).to(pipe.device),
+                    num_beams=args.num_beams,
+                    max_new_tokens=48,
+                )
+            for path, cap in zip(good, caps, strict=True):
+                print(json.dumps({"image": str(path), "caption": cap}) if args.json else f"{path}\t{cap}", flush=True)
+        bar.update(len(paths[start : start + args.batch_size]))
+    bar.close()
     return 1 if failed else 0
 
 
@@ -74,6 +93,18 @@ def cmd_vqa(args: argparse.Namespace) -> int:
     from vision_attn.inference import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    if args.top_k:
+        ranked = pipe.answer(args.image, args.question, top_k=args.top_k)
+        if args.json:
+            print(
+                json.dumps(
+                    {"image": args.image, "question": args.question, "answer": ranked[0]["answer"], "answers": ranked}
+                )
+            )
+        else:
+            for r in ranked:
+                print(f"{r['probability']:.4f}\t{r['answer']}")
+        return 0
     ans = pipe.answer(args.image, args.question, num_beams=args.num_beams)
     print(json.dumps({"image": args.image, "question": args.question, "answer": ans}) if args.json else ans)
     return 0
@@ -124,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image", required=True)
     s.add_argument("--question", required=True)
     s.add_argument("--num-beams", type=int, default=1)
+    s.add_argument("--top-k", type=int, default=None, help="print the K most likely answers with probabilities")
     s.add_argument("--json", action="store_true")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_vqa)

@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 class GenerationOutput:
     """Per input: generated token ids (prompt and EOS excluded) and the sequence score.
 
-    `scores` are summed log-probabilities (greedy/sampling) or length-normalised beam scores.
+    `scores` are summed log-probabilities (greedy/sampling) or length-normalised beam scores. Beam search
+    also returns `hypotheses`: per input, up to `num_beams` (tokens, summed log-probability with EOS) pairs,
+    best length-normalised score first.
     """
 
     sequences: list[list[int]]
     scores: list[float]
+    hypotheses: list[list[tuple[list[int], float]]] | None = None
 
 
 class _DecodeState:
@@ -189,7 +192,7 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # all beams start identical: let only the first expand at step 0
     seqs = torch.zeros(B, K, 0, dtype=torch.long, device=device)
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    finished: list[list[tuple[float, list[int], float]]] = [[] for _ in range(B)]  # (normalised, tokens, logp)
     done = [False] * B
     n_cand = min(2 * K, K * V)
     for t in range(max_new):
@@ -212,7 +215,7 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
                     break
                 if tok == eos:
                     if rank < K:  # an EOS outside the top K would not have survived as a beam either
-                        finished[b].append((s / (t + 1) ** length_penalty, seqs_l[b][beam]))
+                        finished[b].append((s / (t + 1) ** length_penalty, seqs_l[b][beam], s))
                     continue
                 next_beam[b, n], next_tok[b, n], next_score[b, n] = beam, tok, s
                 n += 1
@@ -237,16 +240,50 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
     # Inputs whose beams never all ended: the live beams compete with finished ones, so EOS is optional.
     n_gen = seqs.shape[2]
     seqs_l, scores_l = seqs.tolist(), beam_scores.tolist()
-    out_seqs, out_scores = [], []
+    out_seqs, out_scores, hyps = [], [], []
     for b in range(B):
         pool = list(finished[b])
         if not done[b]:
             live = zip(scores_l[b], seqs_l[b], strict=True)
-            pool += [(s / n_gen**length_penalty, seq) for s, seq in live if s != float("-inf")]
-        best_score, best_seq = max(pool, key=lambda x: x[0])
-        out_seqs.append(_until_eos(best_seq, eos))
-        out_scores.append(best_score)
-    return GenerationOutput(out_seqs, out_scores)
+            pool += [(s / n_gen**length_penalty, seq, s) for s, seq in live if s != float("-inf")]
+        pool.sort(key=lambda x: -x[0])
+        out_seqs.append(_until_eos(pool[0][1], eos))
+        out_scores.append(pool[0][0])
+        hyps.append([(_until_eos(seq, eos), raw) for _, seq, raw in pool[:K]])
+    return GenerationOutput(out_seqs, out_scores, hyps)
+
+
+@torch.inference_mode()
+def score_continuations(
+    model: VisionAttnModel,
+    images: Tensor,
+    prompts: list[list[int]],
+    continuations: list[list[int]],
+    image_index: Tensor | None = None,
+) -> Tensor:
+    """Summed log-probability of each continuation (e.g. an answer's tokens + EOS) after its prompt: [B].
+
+    One teacher-forced pass over right-padded prompt + continuation texts; padding sits after every scored
+    token, so the causal mask keeps each row equal to scoring it alone.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
+    if any(not c for c in continuations):
+        raise ValueError("every continuation needs at least one token")
+    device = images.device
+    texts = [p + c for p, c in zip(prompts, continuations, strict=True)]
+    T = max(len(t) for t in texts)
+    if T > model.decoder.cfg.max_len:
+        raise ValueError(f"prompt + continuation of {T} tokens exceeds decoder.max_len={model.decoder.cfg.max_len}")
+    ids = torch.full((len(texts), T), model.config.pad_token_id, dtype=torch.long, device=device)
+    for i, t in enumerate(texts):
+        ids[i, : len(t)] = torch.tensor(t, device=device)
+    logp = _log_softmax(model(images, ids, image_index))  # [B, T, V]
+    out = torch.zeros(len(texts), dtype=logp.dtype, device=device)
+    for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
+        pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=device)  # positions predicting c
+        out[i] = logp[i, pos, torch.tensor(c, device=device)].sum()
+    return out
 
 
 def _until_eos(seq: list[int], eos: int) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from torch import Tensor
 from vision_attn.data.images import load_image
 from vision_attn.data.tokenizer import TextCodec, load_tokenizer
 from vision_attn.data.transforms import image_transform
-from vision_attn.generation import generate
+from vision_attn.generation import generate, score_continuations
 from vision_attn.models import VisionAttnModel
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,17 @@ class Pipeline:
         questions: str | Sequence[str],
         num_beams: int = 1,
         max_new_tokens: int = 8,
+        top_k: int | None = None,
+        candidates: Sequence[str] | None = None,
         **gen: Any,
-    ) -> str | list[str]:
-        """Answer question i about image i (one image with several questions is repeated)."""
+    ) -> Any:
+        """Answer question i about image i (one image with several questions is repeated).
+
+        Returns a string per question; with `top_k`, a ranked list of {"answer", "probability"} per question
+        (beam search with at least `top_k` beams, ranked by sequence probability); with `candidates`, those
+        answers ranked by their probability (at most `top_k` of them if given). A single question (a string)
+        gives a single result, a list gives a list.
+        """
         single = isinstance(questions, str)
         qs = [questions] if single else list(questions)
         ims = list(images) if isinstance(images, list | tuple) else [images] * len(qs)
@@ -117,10 +126,43 @@ class Pipeline:
         for q in qs:
             if not isinstance(q, str) or not q.strip():
                 raise ValueError(f"a question must be a non-empty string, got {q!r}")
-        out: list[str] = []
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if candidates is not None and (not candidates or not all(isinstance(c, str) and c.strip() for c in candidates)):
+            raise ValueError("candidates must be a non-empty list of non-empty strings")
+        out: list[Any] = []
         for sl in self._batches(len(qs)):
             x = torch.stack([self.preprocess(im) for im in ims[sl]]).to(self.device)
-            out += generate_answers(
-                self.model, self.codec, x, qs[sl], num_beams=num_beams, max_new_tokens=max_new_tokens, **gen
-            )
+            if candidates is not None:
+                out += [r[:top_k] for r in self._rank_candidates(x, qs[sl], list(candidates))]
+            elif top_k is not None:
+                out += self._top_k(x, qs[sl], top_k, max(top_k, num_beams), max_new_tokens)
+            else:
+                out += generate_answers(
+                    self.model, self.codec, x, qs[sl], num_beams=num_beams, max_new_tokens=max_new_tokens, **gen
+                )
         return out[0] if single else out
+
+    def _top_k(self, images: Tensor, questions: list[str], k: int, beams: int, max_new: int) -> list[list[dict]]:
+        prompts = [self.codec.vqa_prompt(q) for q in questions]
+        res = generate(self.model, images, prompts, max_new_tokens=max_new, num_beams=beams, length_penalty=0.0)
+        out = []
+        for hyps in res.hypotheses:
+            ranked: dict[str, float] = {}
+            for seq, logp in sorted(hyps, key=lambda h: -h[1]):
+                ranked.setdefault(self.codec.decode(seq), math.exp(logp))  # keep the likelier of equal texts
+            out.append([{"answer": a, "probability": p} for a, p in list(ranked.items())[:k]])
+        return out
+
+    def _rank_candidates(self, images: Tensor, questions: list[str], candidates: list[str]) -> list[list[dict]]:
+        prompts = [self.codec.vqa_prompt(q) for q in questions]
+        conts = [self.codec.encode(c) + [self.codec.eos] for c in candidates]
+        n, m = len(questions), len(candidates)
+        index = torch.arange(n, device=images.device).repeat_interleave(m)  # each image with every candidate
+        logp = score_continuations(self.model, images, [p for p in prompts for _ in range(m)], conts * n, index)
+        out = []
+        for i in range(n):
+            probs = logp[i * m : (i + 1) * m].exp().tolist()
+            order = sorted(range(m), key=lambda j: -probs[j])
+            out.append([{"answer": candidates[j], "probability": probs[j]} for j in order])
+        return out
