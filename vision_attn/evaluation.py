@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vision_attn.data.datamodule import ImageTextDataset, collate
-from vision_attn.data.readers import ImageRecord
+from vision_attn.data.readers import ImageRecord, QAItem
 from vision_attn.data.tokenizer import TextCodec
 from vision_attn.inference import generate_answers, generate_captions
 from vision_attn.metrics import caption_scores, majority_baseline, vqa_scores
@@ -67,14 +67,19 @@ def predict_batch(
         )
         for (_, q), a in zip(qs, answers, strict=True):
             out.answers[q.question_id] = a
-            out.annotations[q.question_id] = {
-                "question_id": q.question_id,
-                "answers": [{"answer": x} for x in q.answers],
-                "multiple_choice_answer": q.answer,
-                "question_type": q.question_type,
-                "answer_type": q.answer_type,
-            }
+            out.annotations[q.question_id] = vqa_annotation(q)
     return out
+
+
+def vqa_annotation(q: QAItem) -> dict[str, Any]:
+    """A question's VQAv2 annotation dict, as the metrics read it."""
+    return {
+        "question_id": q.question_id,
+        "answers": [{"answer": x} for x in q.answers],
+        "multiple_choice_answer": q.answer,
+        "question_type": q.question_type,
+        "answer_type": q.answer_type,
+    }
 
 
 def score(preds: Predictions) -> dict[str, Any]:
@@ -128,17 +133,7 @@ def write_results(preds: Predictions, metrics: dict[str, Any], out_dir: str | Pa
 
 def with_baseline(metrics: dict[str, Any], train: list[ImageRecord], evaluated: Predictions) -> dict[str, Any]:
     """Add the majority-answer baseline of each question type (most common training answer of the type)."""
-    train_anns = [
-        {
-            "question_id": q.question_id,
-            "question_type": q.question_type,
-            "multiple_choice_answer": q.answer,
-            "answers": [{"answer": a} for a in q.answers],
-        }
-        for r in train
-        for q in r.questions
-        if q.answer is not None
-    ]
+    train_anns = [vqa_annotation(q) for r in train for q in r.questions if q.answer is not None]
     if not train_anns or not evaluated.annotations:
         return metrics
     base = majority_baseline(train_anns, list(evaluated.annotations.values()))
