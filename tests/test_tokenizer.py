@@ -64,6 +64,14 @@ def test_encode_decode_round_trip_lower_cases(codec: TextCodec, text: str) -> No
     assert codec.decode([codec.bos, codec.caption, *ids, codec.eos, codec.pad]) == text.lower()
 
 
+@pytest.mark.parametrize("text", ["  A Red Circle at the TOP left. ", "is there an <answer> here?", "café 42 &", ""])
+def test_codec_encode_equals_the_transformers_tokenizer(
+    tok: PreTrainedTokenizerFast, codec: TextCodec, text: str
+) -> None:
+    """The codec calls the Rust tokenizer directly for speed; it must give exactly the wrapper's ids."""
+    assert codec.encode(text) == tok.encode(text.strip(), add_special_tokens=False)
+
+
 def test_known_words_are_merged(codec: TextCodec) -> None:
     """BPE really learned merges: a frequent word costs far fewer tokens than its bytes."""
     assert len(codec.encode("circle")) < len(" circle")

@@ -74,12 +74,15 @@ class TextCodec:
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast) -> None:
         self.tok = tokenizer
+        # The Rust tokenizer directly: same ids as `tokenizer.encode(..., add_special_tokens=False)`, 3x faster
+        # (data loading tokenizes ~10 short texts per image, next to the training step on the same cores).
+        self._backend = tokenizer.backend_tokenizer
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         self.pad, self.bos, self.eos = ids[PAD], ids[BOS], ids[EOS]
         self.caption, self.vqa, self.answer = ids[CAPTION], ids[VQA], ids[ANSWER]
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text.strip(), add_special_tokens=False)
+        return self._backend.encode(text.strip(), add_special_tokens=False).ids
 
     def caption_prompt(self) -> list[int]:
         return [self.bos, self.caption]
