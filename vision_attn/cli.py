@@ -34,18 +34,29 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from vision_attn.data.readers import read_split
-    from vision_attn.evaluation import evaluate_records, score, with_baseline, write_results
-    from vision_attn.inference import Pipeline
+    from vision_attn.evaluation import evaluate_records, load_results, score, with_baseline, write_results
+    from vision_attn.metrics import java_available
 
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    if (args.model is None) == (not args.results):
+        print("error: give either --model (generate and score) or --results FILE... (score files)", file=sys.stderr)
+        return 2
     records = read_split(Path(args.data_root), args.split)
     if args.max_images:
         records = records[: args.max_images]
-    preds = evaluate_records(pipe.model, pipe.codec, records, batch_size=args.batch_size, num_beams=args.num_beams)
-    metrics = score(preds)
+    if args.results:
+        preds = load_results(args.results, records)
+    else:
+        from vision_attn.inference import Pipeline
+
+        pipe = Pipeline.from_pretrained(args.model, device=args.device)
+        preds = evaluate_records(pipe.model, pipe.codec, records, batch_size=args.batch_size, num_beams=args.num_beams)
+    meteor = java_available() and not args.no_meteor
+    if preds.captions and not meteor:
+        log.warning("METEOR skipped: %s", "--no-meteor" if args.no_meteor else "no Java runtime on PATH")
+    metrics = score(preds, meteor=meteor)
     if args.baseline_split:
         metrics = with_baseline(metrics, read_split(Path(args.data_root), args.baseline_split), preds)
-    out = Path(args.out or Path(args.model).parent / "eval")
+    out = Path(args.out or (Path(args.model).parent / "eval" if args.model else "eval"))
     write_results(preds, metrics, out)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     print(f"results written to {out}/")
@@ -129,8 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out_dir", help="output model folder")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("evaluate", help="caption and answer a split; write result files and metrics.json")
-    s.add_argument("--model", required=True, help="model folder from `vision-attn export`")
+    s = sub.add_parser(
+        "evaluate", help="caption and answer a split (or read result files); write result files and metrics.json"
+    )
+    s.add_argument("--model", default=None, help="model folder from `vision-attn export`")
+    s.add_argument(
+        "--results",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="score result files made elsewhere instead of a model: COCO captions results and/or VQAv2 results json",
+    )
     s.add_argument("--data-root", required=True, help="folder in the COCO 2014 + VQAv2 layout")
     s.add_argument("--split", default="val")
     s.add_argument("--baseline-split", default=None, help="add per-type majority-answer baselines from this split")
@@ -139,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--num-beams", type=int, default=1)
     s.add_argument("--device", default="auto")
+    s.add_argument("--no-meteor", action="store_true", help="skip METEOR (computed by default when Java is present)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("caption", help="caption image files and folders (searched recursively)")
@@ -167,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    return args.func(args)
+    from vision_attn.data.errors import DataFormatError
+
+    try:
+        return args.func(args)
+    except DataFormatError as e:  # bad data or result files: one line naming the file and field, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vision_attn.data.datamodule import ImageTextDataset, collate
+from vision_attn.data.errors import DataFormatError
 from vision_attn.data.readers import ImageRecord, QAItem
 from vision_attn.data.tokenizer import TextCodec
 from vision_attn.inference import generate_answers, generate_captions
@@ -82,11 +83,11 @@ def vqa_annotation(q: QAItem) -> dict[str, Any]:
     }
 
 
-def score(preds: Predictions) -> dict[str, Any]:
-    """Caption metrics (BLEU-1..4, ROUGE-L, CIDEr) and VQA accuracy (percent, overall and per type)."""
+def score(preds: Predictions, meteor: bool = False) -> dict[str, Any]:
+    """Caption metrics (BLEU-1..4, ROUGE-L, CIDEr, METEOR if asked) and VQA accuracy (percent, overall, per type)."""
     metrics: dict[str, Any] = {}
     if preds.captions:
-        metrics.update(caption_scores(preds.captions, preds.references))
+        metrics.update(caption_scores(preds.captions, preds.references, meteor=meteor))
     if preds.answers:
         vqa = vqa_scores(preds.answers, list(preds.annotations.values()))
         metrics["vqa_accuracy"] = vqa["vqa_accuracy"]
@@ -117,6 +118,49 @@ def evaluate_records(
             preds.merge(predict_batch(model, codec, batch["images"].to(device), batch["records"], num_beams=num_beams))
     if skipped:
         log.warning("skipped %d unreadable images", skipped)
+    return preds
+
+
+def load_results(paths: list[str | Path], records: list[ImageRecord]) -> Predictions:
+    """Read result files made by any system and pair them with the split's references and annotations.
+
+    Each file is a COCO caption results list (`[{"image_id", "caption"}]`) or a VQAv2 results list
+    (`[{"question_id", "answer"}]`); the kind is read from the first entry's keys.
+
+    Raises:
+        DataFormatError: a file is not valid JSON, not a list of such dicts, or names an id the split lacks.
+    """
+    by_image = {r.image_id: r for r in records}
+    questions = {q.question_id: q for r in records for q in r.questions if q.answers}
+    preds = Predictions()
+    for path in map(Path, paths):
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataFormatError(f"{path}: cannot read a JSON results file ({e})") from e
+        if not isinstance(entries, list) or not entries or not all(isinstance(x, dict) for x in entries):
+            raise DataFormatError(f"{path}: a results file is a non-empty JSON list of objects")
+        kind = "caption" if "caption" in entries[0] else "answer" if "answer" in entries[0] else None
+        if kind is None:
+            raise DataFormatError(f"{path}: entries need 'image_id' + 'caption' or 'question_id' + 'answer'")
+        id_key, known = ("image_id", by_image) if kind == "caption" else ("question_id", questions)
+        for n, x in enumerate(entries):
+            if not isinstance(x.get(kind), str) or not isinstance(x.get(id_key), int):
+                raise DataFormatError(f"{path}: entry {n} needs an integer {id_key!r} and a string {kind!r}: {x}")
+            if x[id_key] not in known:
+                raise DataFormatError(f"{path}: entry {n}: {id_key} {x[id_key]} is not in the evaluated split")
+            if kind == "caption":
+                rec = by_image[x["image_id"]]
+                if not rec.captions:
+                    raise DataFormatError(f"{path}: entry {n}: image {rec.image_id} has no reference captions")
+                preds.captions[rec.image_id] = x["caption"]
+                preds.references[rec.image_id] = rec.captions
+            else:
+                q = questions[x["question_id"]]
+                preds.answers[q.question_id] = x["answer"]
+                preds.annotations[q.question_id] = vqa_annotation(q)
+    if preds.answers and len(preds.answers) < len(questions):
+        log.warning("results answer %d of the split's %d questions; scoring those", len(preds.answers), len(questions))
     return preds
 
 

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import re
+import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
@@ -337,21 +338,50 @@ def tokenize_caption(text: str) -> str:
     return " ".join(t for t in tokens if t not in _CAPTION_PUNCTUATION)
 
 
-def caption_scores(predictions: dict[int, str], references: dict[int, list[str]]) -> dict[str, float]:
+def java_available() -> bool:
+    """METEOR runs the toolkit's Java jar: it is computed only where a Java runtime is on PATH."""
+    return shutil.which("java") is not None
+
+
+def meteor_score(res: dict[int, list[str]], gts: dict[int, list[str]]) -> float:
+    """METEOR 1.5 through the COCO toolkit's jar (a Java subprocess that lives for this call).
+
+    res/gts hold PTB-tokenized captions; "|" is the jar's field separator on its stdin, so it is dropped.
+    """
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    def clean(caps: list[str]) -> list[str]:
+        return [c.replace("|", " ") for c in caps]
+
+    scorer = Meteor()
+    try:
+        score, _ = scorer.compute_score({k: clean(v) for k, v in gts.items()}, {k: clean(v) for k, v in res.items()})
+    finally:
+        del scorer  # its __del__ stops the Java process
+    return float(score)
+
+
+def caption_scores(
+    predictions: dict[int, str], references: dict[int, list[str]], meteor: bool = False
+) -> dict[str, float]:
     """COCO caption metrics of predicted captions against reference captions.
 
     Args:
         predictions: image_id -> predicted caption. Only these images are scored (CIDEr's document frequencies come
             from their references, as in the COCO toolkit).
         references: image_id -> reference captions (5 in COCO).
+        meteor: also compute METEOR (needs Java, see `java_available`; starting the jar takes a few seconds).
 
     Returns:
-        ``bleu1``..``bleu4``, ``rouge_l`` and ``cider`` as the toolkit returns them (BLEU and ROUGE-L in [0, 1];
-        CIDEr-D is scaled by 10 and usually lies in [0, 10]).
+        ``bleu1``..``bleu4``, ``rouge_l``, ``cider`` (and ``meteor``) as the toolkit returns them (BLEU, METEOR and
+        ROUGE-L in [0, 1]; CIDEr-D is scaled by 10 and usually lies in [0, 10]).
 
     Raises:
         ValueError: if ``predictions`` is empty or an image with a prediction has no references.
+        RuntimeError: if ``meteor`` is asked for and no Java runtime is on PATH.
     """
+    if meteor and not java_available():
+        raise RuntimeError("METEOR needs a Java runtime (`java` on PATH); install one (e.g. openjdk) or skip METEOR.")
     if not predictions:
         raise ValueError("caption_scores got no predictions; pass a non-empty {image_id: caption} dict.")
     res: dict[int, list[str]] = {}
@@ -375,4 +405,6 @@ def caption_scores(predictions: dict[int, str], references: dict[int, list[str]]
     scores = {f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)}
     scores["rouge_l"] = float(rouge)
     scores["cider"] = float(cider)
+    if meteor:
+        scores["meteor"] = meteor_score(res, gts)
     return scores
