@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,7 @@ from vision_attn import Pipeline, VisionAttnModel
 from vision_attn.cli import main
 from vision_attn.config import DecoderConfig, EncoderConfig
 from vision_attn.data.datamodule import VisionAttnDataModule
+from vision_attn.data.images import load_image
 from vision_attn.data.readers import read_split
 from vision_attn.training import VisionAttnModule
 
@@ -134,6 +136,32 @@ def test_caption_command_skips_unreadable_files(
     assert sorted(Path(x["image"]).name for x in lines) == ["0.jpg", "1.jpg"]
     assert all(isinstance(x["caption"], str) for x in lines)
     assert "broken.jpg" in err and err.count("error:") == 1
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def test_caption_command_on_assets_with_a_real_photo_and_a_corrupt_file(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """assets/ holds synthetic scenes and a real photograph: 1792x2100, grayscale, stored on its side with EXIF
+    orientation 6. A truncated copy of the photo is added: one error line, the rest captioned, exit code 1."""
+    photo = ASSETS / "photo_grace_hopper.jpg"
+    raw = Image.open(photo)
+    assert (raw.size, raw.mode, raw.getexif().get(0x0112)) == ((2100, 1792), "L", 6)
+    assert load_image(photo).size == (1792, 2100)  # upright after the EXIF rotation, RGB
+    folder = tmp_path / "assets"
+    shutil.copytree(ASSETS, folder)
+    data = photo.read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    code = main(["caption", "--model", str(model_dir), "--json", "--device", "cpu", str(folder)])
+    out, err = capsys.readouterr()
+    captioned = {Path(x["image"]).name: x["caption"] for x in map(json.loads, out.splitlines())}
+    assert code == 1
+    assert set(captioned) == {p.name for p in ASSETS.glob("*.jpg")}
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu")
+    assert captioned["photo_grace_hopper.jpg"] == pipe.caption(str(photo))
+    assert "truncated.jpg" in err and err.count("error:") == 1
 
 
 def test_vqa_command(model_dir: Path, synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:
