@@ -131,6 +131,16 @@ def test_text_loss_ignores_non_targets() -> None:
     torch.testing.assert_close(text_loss(logits2, labels), expected)
 
 
+def test_text_loss_over_length_buckets_is_the_mean_over_all_their_targets() -> None:
+    """Buckets of different lengths weigh each target token equally, as one padded group would."""
+    g = torch.Generator().manual_seed(1)
+    logits = [torch.randn(2, 4, 7, generator=g), torch.randn(3, 2, 7, generator=g)]
+    labels = [torch.tensor([[-100, 3, 5, 1], [-100, -100, 6, 2]]), torch.tensor([[-100, 4], [-100, 1], [2, -100]])]
+    flat_logits = torch.cat([lg[lab != -100] for lg, lab in zip(logits, labels, strict=True)])
+    flat_labels = torch.cat([lab[lab != -100] for lab in labels])
+    torch.testing.assert_close(text_loss(logits, labels), F.cross_entropy(flat_logits, flat_labels))
+
+
 # ---------------------------------------------------------------------------------------------- the folder
 
 

@@ -108,7 +108,8 @@ def evaluate_records(
 ) -> Predictions:
     """Generate for all records (captions and questions), batched, with a progress bar."""
     device = next(model.parameters()).device
-    ds = ImageTextDataset(records, codec, model.config.encoder.image_size, model.config.decoder.max_len, None, "both")
+    size, max_len = model.config.encoder.image_size, model.config.decoder.max_len
+    ds = ImageTextDataset(records, codec, size, max_len, None, "both", tokenize=False)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     preds = Predictions()
     skipped = 0

@@ -85,10 +85,16 @@ class VisionAttnModule(L.LightningModule):
     def _losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per task: mean cross-entropy over its target tokens; `loss` is their weighted sum."""
         names = [name for name in TASKS if name in batch]
-        groups = [(batch[name]["input_ids"], batch[name]["image_index"]) for name in names]
-        logits = self._forward_groups(batch["images"], groups)
+        groups = [(name, g) for name in names for g in batch[name]]  # each task: a list of length buckets
+        logits = self._forward_groups(batch["images"], [(g["input_ids"], g["image_index"]) for _, g in groups])
         weights = {"caption": self.hparams.caption_weight, "vqa": self.hparams.vqa_weight}
-        out = {f"{name}_loss": text_loss(lg, batch[name]["labels"]) for name, lg in zip(names, logits, strict=True)}
+        pairs = list(zip(groups, logits, strict=True))
+        out = {
+            f"{name}_loss": text_loss(
+                [lg for (n, _), lg in pairs if n == name], [g["labels"] for n, g in groups if n == name]
+            )
+            for name in names
+        }
         out["loss"] = sum(weights[name] * out[f"{name}_loss"] for name in names)
         return out
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from vision_attn.data.datamodule import DataFiles, VisionAttnDataModule, collate
+from vision_attn.data.datamodule import DataFiles, VisionAttnDataModule, collate, length_buckets
 from vision_attn.data.tokenizer import IGNORE
 
 
@@ -46,11 +48,11 @@ def test_task_selection_shapes_the_batch(synthetic_root: Path, tasks: str) -> No
     assert batch["images"].shape == (4, 3, 32, 32)
     assert ("caption" in batch) == (tasks != "vqa")
     assert ("vqa" in batch) == (tasks != "caption")
-    if "caption" in batch:
-        assert batch["caption"]["image_index"].tolist() == [0, 1, 2, 3]  # one caption per image
-    if "vqa" in batch:
-        assert batch["vqa"]["input_ids"].shape[0] == 12  # 3 questions per image
-        assert batch["vqa"]["image_index"].tolist() == [b for b in range(4) for _ in range(3)]
+    if "caption" in batch:  # one caption per image, spread over length buckets
+        assert sorted(torch.cat([g["image_index"] for g in batch["caption"]]).tolist()) == [0, 1, 2, 3]
+    if "vqa" in batch:  # 3 questions per image
+        index = torch.cat([g["image_index"] for g in batch["vqa"]])
+        assert sorted(index.tolist()) == [b for b in range(4) for _ in range(3)]
 
 
 def test_caption_only_and_vqa_only_data(synthetic_root: Path, tmp_path: Path) -> None:
@@ -80,11 +82,48 @@ def test_collate_pads_labels_and_counts_skipped(synthetic_root: Path) -> None:
     items = [ds[0], None, ds[1], ds[2]]
     batch = collate(items)
     assert batch["skipped"] == 1 and batch["images"].shape[0] == 3
-    ids, labels = batch["caption"]["input_ids"], batch["caption"]["labels"]
-    for m in range(ids.shape[0]):
-        n = int((labels[m] != IGNORE).sum())
-        assert n > 0
-        targets = labels[m][labels[m] != IGNORE]
-        assert targets[-1].item() == dm.codec.eos  # every text ends with a supervised EOS
+    for group in batch["caption"] + batch["vqa"]:
+        ids, labels = group["input_ids"], group["labels"]
+        assert (ids[:, -1] != 0).any()  # each bucket is padded to its own longest text, no further
+        for m in range(ids.shape[0]):
+            targets = labels[m][labels[m] != IGNORE]
+            assert targets.numel() > 0
+            assert targets[-1].item() == dm.codec.eos  # every text ends with a supervised EOS
     assert collate([None, None]) == {"skipped": 2, "records": []}
-    assert torch.equal(batch["vqa"]["image_index"].unique(), torch.tensor([0, 1, 2]))
+    index = torch.cat([g["image_index"] for g in batch["vqa"]])
+    assert torch.equal(index.unique(), torch.tensor([0, 1, 2]))
+
+
+def _padded_size(lengths: list[int], buckets: list[list[int]]) -> int:
+    return sum(len(b) * max(lengths[m] for m in b) for b in buckets)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_buckets", "expected"),
+    [
+        ([5, 3, 5, 3], 1, [[0, 1, 2, 3]]),
+        ([5, 3, 5, 3], 2, [[1, 3], [0, 2]]),
+        ([10, 2, 2, 2, 2, 9], 2, [[1, 2, 3, 4], [0, 5]]),  # 4*2 + 2*10 = 28 beats any other cut
+        ([10, 2, 2, 2, 2, 9], 3, [[1, 2, 3, 4], [5], [0]]),
+        ([7, 7, 7], 3, [[0, 1, 2]]),  # never more buckets than distinct lengths
+    ],
+)
+def test_length_buckets_hand_cases(lengths: list[int], max_buckets: int, expected: list[list[int]]) -> None:
+    assert length_buckets(lengths, max_buckets) == expected
+
+
+def test_length_buckets_is_optimal_against_brute_force() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 12) for _ in range(rng.randint(1, 25))]
+        k = rng.randint(1, 4)
+        got = length_buckets(lengths, k)
+        assert sorted(m for b in got for m in b) == list(range(len(lengths))) and len(got) <= k
+        distinct = sorted(set(lengths))
+        sizes = []  # every split of the sorted distinct lengths into at most k runs
+        for r in range(min(k, len(distinct))):
+            for cuts in itertools.combinations(range(1, len(distinct)), r):
+                edges = [0, *cuts, len(distinct)]
+                runs = [distinct[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+                sizes.append(_padded_size(lengths, [[m for m, n in enumerate(lengths) if n in run] for run in runs]))
+        assert _padded_size(lengths, got) == min(sizes)

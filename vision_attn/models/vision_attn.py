@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -93,6 +94,15 @@ class VisionAttnModel(nn.Module):
         return model.to(device).eval()
 
 
-def text_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over target tokens. logits [M, T, V], labels [M, T] (-100 = not a target)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+def text_loss(logits: Tensor | Sequence[Tensor], labels: Tensor | Sequence[Tensor]) -> Tensor:
+    """Mean cross-entropy over the target tokens of one group or several (length buckets of one task).
+
+    logits [M, T, V] (or a list of [M_g, T_g, V]), labels [M, T] (or a list of [M_g, T_g]); -100 = not a target.
+    """
+    if isinstance(logits, Tensor):
+        logits, labels = [logits], [labels]
+    total = sum(
+        F.cross_entropy(lg.flatten(0, 1).float(), lab.flatten(), ignore_index=-100, reduction="sum")
+        for lg, lab in zip(logits, labels, strict=True)
+    )
+    return total / sum((lab != -100).sum() for lab in labels)
