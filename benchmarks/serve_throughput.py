@@ -143,6 +143,17 @@ def machine(device: str) -> dict[str, Any]:
     return {"device": device, "cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
 
 
+def shown(path: Path) -> str:
+    """A path relative to the repository when it is inside it (results files hold no home folders)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def serve_threads() -> int:
+    """What `vision-attn serve --threads 0` picks with one worker: the cores shared by its two model processes."""
+    return max(1, len(os.sched_getaffinity(0)) // 2) if hasattr(os, "sched_getaffinity") else 1
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
@@ -211,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python benchmarks/serve_throughput.py", *(sys.argv[1:] if argv is None else argv)]),
+        "note": "loopback; client threads, API process and model processes share the same CPU cores",
         "git_commit": git_commit().strip(),
         "machine": machine(args.device),
         "versions": versions(),
-        "settings": {k: v for k, v in vars(args).items() if k != "out"} | {"num_images": len(images)},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "images")}
+        | {"images": [shown(path) for path in images], "threads_per_model_process": args.threads or serve_threads()},
         "runs": runs,
         "median": summary,
         "throughput_ratio_on_off": ratio,
