@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-timeout", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=0, help="torch threads per model process (0: serve's default)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--repeats", type=int, default=2, help="runs per setting, alternating on/off; medians reported")
+    p.add_argument("--repeats", type=int, default=3, help="runs per setting, alternating on/off; medians reported")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_cpu.json"))
     args = p.parse_args(argv)
 

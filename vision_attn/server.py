@@ -20,11 +20,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,6 @@ from vision_attn.data.errors import ImageLoadError
 from vision_attn.data.images import load_image
 from vision_attn.data.tokenizer import load_tokenizer
 from vision_attn.inference import Pipeline
-
-log = logging.getLogger(__name__)
 
 VQA_PATH, CAPTION_PATH = "/v1/vqa", "/v1/caption"
 VQA_MIN_BEAMS = 3  # answers come from beam search with max(top_k, 3) beams, so `answer` does not depend on top_k
@@ -77,7 +75,7 @@ class Item:
 
     image: Image.Image
     params: dict[str, Any]
-    start: float = field(default_factory=time.perf_counter)
+    start: float  # time.perf_counter() when its decoding began
 
 
 class _BadField(Exception):
@@ -129,6 +127,7 @@ class _VisionAttnAPI(ls.LitAPI):
 
     # No annotation on `request`: LitServe then hands over the parsed JSON object or multipart form.
     def decode_request(self, request) -> Item | Rejected:
+        start = time.perf_counter()
         try:
             if not hasattr(request, "keys"):
                 raise _BadField(f"the JSON body must be an object with the fields {', '.join(self.route_fields)}")
@@ -139,14 +138,15 @@ class _VisionAttnAPI(ls.LitAPI):
                 raise _BadField("field 'image' is missing")
             data = _image_bytes(request["image"])
             params = self.params(request)  # before decoding the image: cheap checks first
-            return Item(load_image(data, max_pixels=self.limits.max_pixels), params)
+            return Item(load_image(data, max_pixels=self.limits.max_pixels), params, start)
         except _BadField as e:
             return Rejected(422, str(e))
         except ImageLoadError as e:
             return Rejected(422, str(e).replace("<bytes>", "field 'image'"))
 
+    @abstractmethod
     def params(self, request: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """The route's own fields, checked; raises `_BadField` naming a wrong one."""
 
     def predict(self, x: Item | Rejected | list[Item | Rejected]) -> Any:
         items = x if isinstance(x, list) else [x]  # a list when batching is on
@@ -160,11 +160,13 @@ class _VisionAttnAPI(ls.LitAPI):
                 out[i] = (items[i], result)
         return out if isinstance(x, list) else out[0]
 
+    @abstractmethod
     def group_key(self, item: Item) -> Any:
-        raise NotImplementedError
+        """What changes the output besides the input (top_k, num_beams): equal keys run as one model call."""
 
+    @abstractmethod
     def run(self, key: Any, items: list[Item]) -> list[Any]:
-        raise NotImplementedError
+        """The model on items that share `key`: one result per item, in order."""
 
     def encode_response(self, output: tuple[Item, Any] | Rejected) -> Any:
         if isinstance(output, Rejected):
@@ -172,8 +174,9 @@ class _VisionAttnAPI(ls.LitAPI):
         item, result = output
         return {**self.response(result), "latency_ms": round((time.perf_counter() - item.start) * 1000, 2)}
 
+    @abstractmethod
     def response(self, result: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """One result -> the JSON fields of its answer."""
 
 
 class VqaAPI(_VisionAttnAPI):
