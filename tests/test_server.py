@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Queue
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from PIL import Image
 from vision_attn import Pipeline
 from vision_attn.cli import build_parser, main
 from vision_attn.data.tokenizer import save_tokenizer, train_tokenizer
+from vision_attn.litserve_ext import IdleWaitBatchedLoop
 from vision_attn.server import VQA_MIN_BEAMS, CaptionAPI, Item, Limits, Rejected, VqaAPI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,3 +313,17 @@ def test_serve_refuses_a_folder_that_is_not_a_model(tmp_path: Path, capsys: pyte
 def test_serve_binds_to_loopback_by_default() -> None:
     args = build_parser().parse_args(["serve", "--model", "m"])
     assert (args.host, args.port, args.max_batch_size) == ("127.0.0.1", 8000, 16)
+
+
+def test_idle_wait_loop_batches_what_is_queued() -> None:
+    """The loop that blocks for a batch's first request still hands LitServe's collation the whole queue."""
+    api = VqaAPI("unused", Limits(), max_batch_size=4, batch_timeout=0.05)
+    api.request_timeout = 30
+    queue: Queue = Queue()
+    for i in range(6):
+        queue.put((0, f"uid{i}", time.monotonic(), {"n": i}))
+    loop = IdleWaitBatchedLoop()
+    first, timed_out = loop.get_batch_requests(api, queue, transport=None)
+    second, _ = loop.get_batch_requests(api, queue, transport=None)
+    assert [uid for _, uid, _ in first] == ["uid0", "uid1", "uid2", "uid3"] and not timed_out
+    assert [payload["n"] for _, _, payload in second] == [4, 5]

@@ -1,15 +1,11 @@
 """`vision-attn serve`: the HTTP API for captioning and VQA, with dynamic batching of concurrent requests.
 
 LitServe (FastAPI + uvicorn underneath) owns the HTTP server, the queue in front of the model, the dynamic
-batching (`max_batch_size`, `batch_timeout`), the worker processes, `GET /health` and `/openapi.json`. Three
-things it does not do the way this API needs, so they are here:
-
-1. One bad request must not fail the others of its batch. LitServe answers every request of a batch with the
-   error that any one of them raised, so `decode_request` never raises: it returns a `Rejected` for bad input,
-   `predict` runs the model on the good items only, and `encode_response` turns a `Rejected` into its 4xx.
-2. LitServe answers a body that is not JSON with a 500, and its size limit raises inside the body reader,
-   which also comes out as a 500. `BodyGuard`, a small ASGI middleware, answers those with 400/413/415.
-3. Every error is `{"error": "..."}`, FastAPI's own 404/405 included (one exception handler).
+batching (`max_batch_size`, `batch_timeout`), the worker processes, `GET /health` and `/openapi.json`.
+One bad request must not fail the others of its batch, but LitServe answers every request of a batch with the
+error that any one of them raised. So `decode_request` never raises: it returns a `Rejected` for bad input,
+`predict` runs the model on the good items only, and `encode_response` turns a `Rejected` into its 4xx.
+What else LitServe needed (a body guard, JSON errors, a batch loop that does not poll) is in `litserve_ext.py`.
 
 Requests with different `top_k` or `num_beams` may share a batch: `predict` groups them by that value, so a
 batched answer is always what `Pipeline` gives for the same image and question alone.
@@ -33,17 +29,15 @@ import torch
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from PIL import Image
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vision_attn.config import ModelConfig
 from vision_attn.data.errors import ImageLoadError
 from vision_attn.data.images import load_image
 from vision_attn.data.tokenizer import load_tokenizer
 from vision_attn.inference import Pipeline
+from vision_attn.litserve_ext import BodyGuard, IdleWaitBatchedLoop, json_error
 
 VQA_PATH, CAPTION_PATH = "/v1/vqa", "/v1/caption"
 VQA_MIN_BEAMS = 3  # answers come from beam search with max(top_k, 3) beams, so `answer` does not depend on top_k
@@ -241,77 +235,6 @@ class CaptionAPI(_VisionAttnAPI):
         return {"caption": result}
 
 
-class BodyGuard:
-    """ASGI middleware for the model routes: 415 unless JSON or multipart, 413 over `max_bytes`, 400 if unparseable.
-
-    The body is read here (at most `max_bytes` kept), parsed, and replayed to LitServe, which parses it again.
-    """
-
-    def __init__(self, app: ASGIApp, paths: tuple[str, ...], max_bytes: int) -> None:
-        self.app, self.paths, self.max_bytes = app, paths, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        body, status, error = await self._read(scope, receive)
-        if error:
-            await JSONResponse({"error": error}, status_code=status)(scope, receive, send)
-            return
-        await self.app(scope, _replay(body, receive), send)
-
-    async def _read(self, scope: Scope, receive: Receive) -> tuple[bytes, int, str]:
-        """The body, or an HTTP status and the error that says what is wrong with it."""
-        ctype = Headers(scope=scope).get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in ("application/json", "multipart/form-data"):
-            got = f"'{ctype}'" if ctype else "none"
-            return b"", 415, f"Content-Type must be application/json or multipart/form-data, got {got}"
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return b"", 400, "the client disconnected before sending the whole body"
-            chunk, more = message.get("body", b""), message.get("more_body", False)
-            size += len(chunk)
-            if size <= self.max_bytes:
-                chunks.append(chunk)
-            # Over the limit the rest is read and dropped, so that a client that does not wait for
-            # `100 Continue` gets the 413 instead of a reset connection.
-        if size > self.max_bytes:
-            return b"", 413, f"request body is {size} bytes, over the limit of {self.max_bytes} bytes (--max-body-mb)"
-        body = b"".join(chunks)
-        if ctype == "application/json":
-            try:
-                json.loads(body)
-            except ValueError as e:
-                return b"", 400, f"the body is not valid JSON ({e})"
-        else:  # starlette's multipart error escapes LitServe as a 500, so parse once here to catch it
-            try:
-                await (await Request(scope, _replay(body, receive)).form()).close()
-            except (HTTPException, MultiPartException) as e:
-                return b"", 400, f"the body is not valid multipart/form-data ({getattr(e, 'detail', e)})"
-        return body, 200, ""
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """An ASGI `receive` that gives `body` once, then whatever the connection sends (a disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
-
-
-async def _json_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-
 def check_model_dir(model_dir: str | Path) -> ModelConfig:
     """Fail at start-up, not in a worker, if `model_dir` is not a model folder from `vision-attn export`."""
     d = Path(model_dir)
@@ -361,6 +284,9 @@ def build_server(
         VqaAPI(str(model_dir), limits, threads, api_path=VQA_PATH, **common),
         CaptionAPI(str(model_dir), limits, threads, api_path=CAPTION_PATH, **common),
     ]
+    for api in apis:
+        if max_batch_size > 1:  # at 1, LitServe's unbatched loop already blocks on its queue
+            api.loop = IdleWaitBatchedLoop()
     server = ls.LitServer(
         apis,
         accelerator={"auto": "auto", "cpu": "cpu"}.get(device, "cuda"),
@@ -369,7 +295,7 @@ def build_server(
         middlewares=[(BodyGuard, {"paths": (VQA_PATH, CAPTION_PATH), "max_bytes": limits.max_body_bytes})],
         model_metadata={"image_size": config.encoder.image_size, "max_len": config.decoder.max_len, **vars(limits)},
     )
-    server.app.add_exception_handler(HTTPException, _json_error)
+    server.app.add_exception_handler(HTTPException, json_error)
     docs: dict[str, tuple[_VisionAttnAPI, str]] = {
         VQA_PATH: (apis[0], "Answer a question about an image"),
         CAPTION_PATH: (apis[1], "Caption an image"),
