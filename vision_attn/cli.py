@@ -1,4 +1,4 @@
-"""The `vision-attn` command: make-synthetic, export, evaluate, caption, vqa.
+"""The `vision-attn` command: make-synthetic, export, evaluate, caption, vqa, serve.
 
 Training has its own command line (LightningCLI): `python train.py fit --config configs/demo.yaml`.
 """
@@ -121,6 +121,32 @@ def cmd_vqa(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vision_attn.server import Limits, build_server, serve
+
+    limits = Limits(
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_pixels=args.max_pixels,
+        max_question_chars=args.max_question_chars,
+    )
+    try:
+        server = build_server(
+            args.model,
+            limits,
+            max_batch_size=args.max_batch_size,
+            batch_timeout=args.batch_timeout,
+            workers=args.workers,
+            device=args.device,
+            timeout=args.timeout,
+            threads=args.threads,
+        )
+    except (FileNotFoundError, ValueError) as e:  # not a model folder, or a bad setting: say so, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    serve(server, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vision-attn", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -180,6 +206,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_vqa)
+
+    s = sub.add_parser(
+        "serve",
+        help="HTTP API: POST /v1/vqa, POST /v1/caption, GET /health, /openapi.json (docs at /docs)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--model", required=True, help="model folder from `vision-attn export`")
+    s.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"], help="address to bind")
+    s.add_argument("--port", type=int, default=8000, help="TCP port")
+    s.add_argument("--max-batch-size", type=int, default=16, help="most concurrent requests run as one batch; 1 = off")
+    s.add_argument("--batch-timeout", type=float, default=0.01, help="seconds to wait for a batch to fill")
+    s.add_argument("--workers", type=int, default=1, help="model processes per route and device")
+    s.add_argument(
+        "--threads", type=int, default=0, help="torch threads per model process (0: the cores / (2 x --workers))"
+    )
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait for the model (then 504)")
+    s.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (413 over it)")
+    s.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image, width x height (422 over it)")
+    s.add_argument("--max-question-chars", type=int, default=500, help="longest question (422 over it)")
+    levels = ["debug", "info", "warning", "error"]
+    s.add_argument("--log-level", default="info", choices=levels, help="server log level")
+    s.set_defaults(func=cmd_serve)
     return p
 
 
