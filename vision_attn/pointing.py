@@ -32,8 +32,9 @@ Box = tuple[float, float, float, float]  # x, y, width, height in pixels (COCO b
 
 @dataclass(frozen=True)
 class SceneObject:
-    names: frozenset[str]  # words that name it: category name and colour
+    names: frozenset[str]  # words that name it: its category and its colour
     box: Box
+    category: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ def read_scenes(instances_json: str | Path) -> dict[int, Scene]:
     objects: dict[int, list[SceneObject]] = {}
     for a in data["annotations"]:
         names = {category[a["category_id"]]} | ({a["color"].lower()} if a.get("color") else set())
-        objects.setdefault(a["image_id"], []).append(SceneObject(frozenset(names), tuple(a["bbox"])))
+        obj = SceneObject(frozenset(names), tuple(a["bbox"]), category[a["category_id"]])
+        objects.setdefault(a["image_id"], []).append(obj)
     return {im["id"]: Scene(im["width"], im["height"], tuple(objects.get(im["id"], ()))) for im in data["images"]}
 
 
@@ -99,10 +101,12 @@ def word_rows(result: AttentionResult, scene: Scene, task: str) -> list[dict[str
         maps["control: rollout"] = result.rollout
         maps["control: text mean"] = per_layer["layer mean"].mean(0)
         bx, by, bw, bh = obj.box
+        word = word.strip(string.punctuation).lower()
         rows.append(
             {
                 "task": task,
-                "word": word.strip(string.punctuation).lower(),
+                "kind": "category" if word == obj.category else "color",
+                "word": word,
                 "box_chance": bw * bh / (scene.width * scene.height),
                 "patch_chance": patch_chance(obj.box, scene.width, scene.height, (h, w)),
                 "hits": {name: peak_in_box(m, obj.box, scene.width, scene.height) for name, m in maps.items()},
@@ -145,10 +149,18 @@ def pointing_game(
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rows -> per task ("caption", "vqa", "all"): n, chance rates, and each map's hit rate and ratio to chance."""
+    """Rows -> per group (task "caption" or "vqa", word kind "category" or "color", and "all"): n, chance rates,
+    and each map's hit rate and its ratio to the box-area chance."""
+    groups = {
+        "caption": lambda r: r["task"] == "caption",
+        "vqa": lambda r: r["task"] == "vqa",
+        "category words": lambda r: r["kind"] == "category",
+        "color words": lambda r: r["kind"] == "color",
+        "all": lambda r: True,
+    }
     out: dict[str, Any] = {}
-    for task in ("caption", "vqa", "all"):
-        sel = [r for r in rows if task in ("all", r["task"])]
+    for task, keep in groups.items():
+        sel = [r for r in rows if keep(r)]
         if not sel:
             continue
         n = len(sel)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch.nn.functional as F
@@ -102,13 +103,14 @@ def attention_figure(
 
     if word_im is not None:  # at the right of the whole grid, whatever row the last word is on
         bar = fig.colorbar(word_im, ax=list(axes), shrink=min(0.8, 0.25 * rows + 0.45), pad=0.01, aspect=25)
-        bar.set_label(f"attention, decoder layer {result.layer}\n(share of the image)", fontsize=8)
+        which = "mean of decoder layers" if result.layer == "mean" else f"decoder layer {result.layer}"
+        bar.set_label(f"attention, {which}\n(share of the image)", fontsize=8)
     fig.suptitle(textwrap.fill(title if title is not None else result.text, 20 * cols), fontsize=12)
     return fig
 
 
 def save_attention_figure(
-    image: Image.Image, result: AttentionResult, path: str | Path, title: str | None = None, **kwargs
+    image: Image.Image, result: AttentionResult, path: str | Path, title: str | None = None, **kwargs: Any
 ) -> Path:
     """Write `attention_figure(...)` as a PNG at `path` (folders are created); return the path."""
     path = Path(path)
