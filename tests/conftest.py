@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
+from vision_attn.data.readers import ImageRecord
+from vision_attn.data.tokenizer import TextCodec
 from vision_attn.models import VisionAttnModel
 
 # The suite runs on small CPUs next to other work: one thread is faster than fighting for cores.
@@ -91,3 +94,53 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic(root, n_train=48, n_val=16, seed=0, image_size=64, workers=1)
     return root
+
+
+@dataclass
+class TrainedTiny:
+    """A tiny model trained for about a minute on 4,000 synthetic scenes (64 px), and its data."""
+
+    model: VisionAttnModel
+    codec: TextCodec
+    root: Path  # the dataset, with annotations/instances_val2014.json (object boxes)
+    train_records: list[ImageRecord]
+    val_records: list[ImageRecord]  # 100 images
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> TrainedTiny:
+    """About a minute on 2 cores: 500 steps of 32 images, each with a caption and 4 questions. Trained once per
+    session and shared by the learning test (accuracy) and the attention test (pointing game)."""
+    import lightning as L
+
+    from vision_attn.data.datamodule import VisionAttnDataModule
+    from vision_attn.data.synthetic import make_synthetic
+    from vision_attn.training import VisionAttnModule
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # most of the suite's compute; let it use both cores
+    try:
+        root = tmp_path_factory.mktemp("learning") / "data"
+        make_synthetic(root, n_train=4000, n_val=100, seed=1, image_size=64, workers=2)
+        L.seed_everything(0)
+        dm = VisionAttnDataModule(root=str(root), image_size=64, max_text_len=64, batch_size=32, num_workers=0)
+        module = VisionAttnModule(
+            encoder=EncoderConfig(image_size=64, patch_size=8, dim=64, depth=2, num_heads=2, stem="conv"),
+            decoder=DecoderConfig(dim=64, depth=2, num_heads=2, max_len=64),
+            lr=2e-3,
+            warmup_steps=30,
+            tokenizer=dm.tokenizer,
+        )
+        trainer = L.Trainer(
+            max_epochs=4,
+            limit_val_batches=0,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            accelerator="cpu",
+        )
+        trainer.fit(module, dm)
+    finally:
+        torch.set_num_threads(before)
+    return TrainedTiny(module.model.eval(), module.codec, root, dm.train_records, dm.val_records)

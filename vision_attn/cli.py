@@ -10,6 +10,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vision_attn.attention_maps import AttentionResult
 
 log = logging.getLogger("vision_attn")
 
@@ -69,11 +73,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     from vision_attn.data.errors import ImageLoadError
     from vision_attn.data.images import find_images
-    from vision_attn.inference import Pipeline, generate_captions
+    from vision_attn.inference import Pipeline, generate_captions, generate_with_attention
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
     paths = find_images(args.paths)
     failed = 0
+    pictures = _PictureNames(args.attention_dir)
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16)
     for start in range(0, len(paths), args.batch_size):
         good, tensors = [], []
@@ -85,19 +90,53 @@ def cmd_caption(args: argparse.Namespace) -> int:
                 tqdm.write(f"error: {e}", file=sys.stderr)
                 failed += 1
         if good:
+            x, gen = torch.stack(tensors).to(pipe.device), {"num_beams": args.num_beams, "max_new_tokens": 48}
             with torch.inference_mode():
-                caps = generate_captions(
-                    pipe.model,
-                    pipe.codec,
-                    torch.stack(tensors).to(pipe.device),
-                    num_beams=args.num_beams,
-                    max_new_tokens=48,
-                )
-            for path, cap in zip(good, caps, strict=True):
-                print(json.dumps({"image": str(path), "caption": cap}) if args.json else f"{path}\t{cap}", flush=True)
+                if pictures.folder is None:
+                    caps, results = generate_captions(pipe.model, pipe.codec, x, **gen), []
+                else:
+                    prompts = [pipe.codec.caption_prompt()] * len(good)
+                    layer = args.attention_layer
+                    results = generate_with_attention(pipe.model, pipe.codec, x, prompts, attention_layer=layer, **gen)
+                    caps = [r.text for r in results]
+            for i, (path, cap) in enumerate(zip(good, caps, strict=True)):
+                row = {"image": str(path), "caption": cap}
+                if results:  # a picture per image, named in a third column
+                    row["attention_png"] = str(pictures.save(path, results[i], ".png"))
+                print(json.dumps(row) if args.json else "\t".join(row.values()), flush=True)
         bar.update(len(paths[start : start + args.batch_size]))
     bar.close()
     return 1 if failed else 0
+
+
+class _PictureNames:
+    """Writes attention PNGs into `folder` (None: writes nothing), one name per image: `stem.png`, or
+    `stem_2.png`, ... when images of the same name come from different folders."""
+
+    def __init__(self, folder: str | None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.used: set[str] = set()
+
+    def save(self, image_path: str | Path, result: AttentionResult, suffix: str, title: str | None = None) -> Path:
+        from vision_attn.data.images import load_image
+        from vision_attn.visualize import save_attention_figure
+
+        assert self.folder is not None
+        stem, n = Path(image_path).stem, 1
+        while (name := f"{stem}{f'_{n}' if n > 1 else ''}{suffix}") in self.used:
+            n += 1
+        self.used.add(name)
+        return save_attention_figure(load_image(image_path), result, self.folder / name, title)
+
+
+def _layer(value: str) -> int | str:
+    """--attention-layer: "mean" or a decoder layer index (negative counts from the last)."""
+    if value == "mean":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'mean' or a layer index such as -1, got {value!r}") from None
 
 
 def cmd_vqa(args: argparse.Namespace) -> int:
@@ -105,6 +144,8 @@ def cmd_vqa(args: argparse.Namespace) -> int:
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     if args.top_k:
+        if args.attention_dir:
+            raise SystemExit("error: --attention-dir maps the generated answer; use it without --top-k")
         ranked = pipe.answer(args.image, args.question, top_k=args.top_k)
         if args.json:
             print(
@@ -116,8 +157,17 @@ def cmd_vqa(args: argparse.Namespace) -> int:
             for r in ranked:
                 print(f"{r['probability']:.4f}\t{r['answer']}")
         return 0
-    ans = pipe.answer(args.image, args.question, num_beams=args.num_beams)
-    print(json.dumps({"image": args.image, "question": args.question, "answer": ans}) if args.json else ans)
+    if args.attention_dir is None:
+        ans = pipe.answer(args.image, args.question, num_beams=args.num_beams)
+        print(json.dumps({"image": args.image, "question": args.question, "answer": ans}) if args.json else ans)
+        return 0
+    res = pipe.answer(
+        args.image, args.question, num_beams=args.num_beams, return_attention=True, attention_layer=args.attention_layer
+    )
+    title = f"Q: {args.question}   A: {res.text}"
+    png = _PictureNames(args.attention_dir).save(args.image, res, ".vqa.png", title)
+    row = {"image": args.image, "question": args.question, "answer": res.text, "attention_png": str(png)}
+    print(json.dumps(row) if args.json else f"{res.text}\t{png}")
     return 0
 
 
@@ -194,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-beams", type=int, default=1)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--device", default="auto")
+    s.add_argument(
+        "--attention-dir", default=None, help="also write a PNG per image: the image, a heatmap per word, the rollout"
+    )
+    s.add_argument(
+        "--attention-layer", type=_layer, default="mean", help="decoder layer of the maps: 'mean' (default) or an index"
+    )
     s.add_argument("paths", nargs="+")
     s.set_defaults(func=cmd_caption)
 
@@ -205,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=None, help="print the K most likely answers with probabilities")
     s.add_argument("--json", action="store_true")
     s.add_argument("--device", default="auto")
+    s.add_argument(
+        "--attention-dir", default=None, help="also write a PNG per image: the image, a heatmap per word, the rollout"
+    )
+    s.add_argument(
+        "--attention-layer", type=_layer, default="mean", help="decoder layer of the maps: 'mean' (default) or an index"
+    )
     s.set_defaults(func=cmd_vqa)
 
     s = sub.add_parser(

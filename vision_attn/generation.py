@@ -27,12 +27,15 @@ class GenerationOutput:
 
     `scores` are summed log-probabilities (greedy/sampling) or length-normalised beam scores. Beam search
     also returns `hypotheses`: per input, up to `num_beams` (tokens, summed log-probability with EOS) pairs,
-    best length-normalised score first.
+    best length-normalised score first. With `return_attention`, `attentions` holds per input the decoder's
+    cross-attention weights [L, H, T, N] (layers, heads, generated tokens, image tokens): map t is what the
+    query that predicted token t attended to (the Show-Attend-Tell alignment); each sums to 1 over N.
     """
 
     sequences: list[list[int]]
     scores: list[float]
     hypotheses: list[list[tuple[list[int], float]]] | None = None
+    attentions: list[Tensor] | None = None
 
 
 class _DecodeState:
@@ -44,6 +47,7 @@ class _DecodeState:
         image_kv: list[tuple[Tensor, Tensor]],
         prompts: list[list[int]],
         max_new_tokens: int,
+        need_weights: bool = False,
     ) -> None:
         dec = model.decoder
         device = image_kv[0][0].device
@@ -69,6 +73,19 @@ class _DecodeState:
         self.key_valid[:, :P] = valid
         self.next_pos = valid.sum(-1)  # [B] position of the next token
         self.cur = 0  # cache slots written
+        # Cross-attention maps of the queries that predicted each new token, [B, max_new, L, H, N]; rows are
+        # reordered with the caches so that a beam carries its own history. None: SDPA only, nothing stored.
+        self.maps: Tensor | None = None
+        if need_weights:
+            n_img, map_dtype = image_kv[0][0].shape[2], torch.promote_types(dtype, torch.float32)
+            self.maps = torch.zeros(B, max_new_tokens, len(dec.blocks), heads, n_img, dtype=map_dtype, device=device)
+        self.n_maps = 0
+
+    def _store(self, weights: list[Tensor]) -> None:
+        """Keep the last query's per-layer weights [B, H, T, N] as the map of the next token."""
+        if self.maps is not None:
+            self.maps[:, self.n_maps] = torch.stack([w[:, :, -1] for w in weights], 1)  # [B, L, H, N]
+            self.n_maps += 1
 
     def prefill(self) -> Tensor:
         """Run the prompts; return next-token logits [B, V]."""
@@ -78,7 +95,9 @@ class _DecodeState:
         eye = torch.eye(P, dtype=torch.bool, device=valid.device)
         # pad queries attend only to themselves, which keeps softmax finite; their outputs are never used
         mask = (causal & valid[:, None, None, :]) | eye  # [B, 1, P, P]
-        logits, _ = self.model.decoder(self.prompt_ids, self.image_kv, positions, mask, self.caches, 0)
+        need = self.maps is not None
+        logits, w = self.model.decoder(self.prompt_ids, self.image_kv, positions, mask, self.caches, 0, need)
+        self._store(w)
         self.cur = P
         return logits[:, -1]
 
@@ -86,9 +105,10 @@ class _DecodeState:
         """Feed tokens [B] at the next position; return next-token logits [B, V]."""
         self.key_valid[:, self.cur] = True
         mask = self.key_valid[:, None, None, : self.cur + 1]  # [B, 1, 1, S]
-        logits, _ = self.model.decoder(
-            tokens[:, None], self.image_kv, self.next_pos[:, None], mask, self.caches, self.cur
+        logits, w = self.model.decoder(
+            tokens[:, None], self.image_kv, self.next_pos[:, None], mask, self.caches, self.cur, self.maps is not None
         )
+        self._store(w)
         self.cur += 1
         self.next_pos = self.next_pos + 1
         return logits[:, -1]
@@ -99,6 +119,12 @@ class _DecodeState:
             c.reorder(index)
         self.key_valid = self.key_valid.index_select(0, index)
         self.next_pos = self.next_pos.index_select(0, index)
+        if self.maps is not None:
+            self.maps = self.maps.index_select(0, index)
+
+    def token_maps(self, row: int, n: int) -> Tensor | None:
+        """Maps of the first n generated tokens of batch row `row` as [L, H, n, N] (None if not recorded)."""
+        return None if self.maps is None else self.maps[row, :n].permute(1, 2, 0, 3).clone()
 
 
 @torch.inference_mode()
@@ -114,6 +140,7 @@ def generate(
     temperature: float = 1.0,
     length_penalty: float = 1.0,
     generator: torch.Generator | None = None,
+    return_attention: bool = False,
 ) -> GenerationOutput:
     """Continue each prompt about its image until EOS or `max_new_tokens`.
 
@@ -124,6 +151,8 @@ def generate(
         num_beams: 1 = greedy (or sampling with `do_sample`); >1 = beam search.
         top_p, temperature: nucleus sampling settings (only with `do_sample`).
         length_penalty: beam scores are sum log-prob / length ** length_penalty.
+        return_attention: also return each output's cross-attention maps (`GenerationOutput.attentions`),
+            computed by the explicit-softmax path; off, only SDPA runs and no map is kept.
     """
     if image_index is None and len(prompts) != images.shape[0]:
         raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts")
@@ -136,7 +165,7 @@ def generate(
     image_kv = model.decoder.image_kv(model.encode(images))  # per layer 2x[B_img, H, N, D]
     if image_index is not None:
         image_kv = [(k[image_index], v[image_index]) for k, v in image_kv]  # 2x[B, H, N, D]
-    state = _DecodeState(model, image_kv, prompts, max_new_tokens)
+    state = _DecodeState(model, image_kv, prompts, max_new_tokens, need_weights=return_attention)
     if num_beams == 1:
         return _greedy_or_sample(state, max_new_tokens, do_sample, top_p, temperature, generator)
     return _beam_search(state, max_new_tokens, num_beams, length_penalty)
@@ -166,8 +195,9 @@ def _greedy_or_sample(
         if t == max_new - 1 or bool(finished.all()):
             break
         logits = state.step(tok)
-    tokens = torch.stack(out, 1).tolist()  # [B, t]
-    return GenerationOutput([_until_eos(seq, eos) for seq in tokens], scores.tolist())
+    seqs = [_until_eos(seq, eos) for seq in torch.stack(out, 1).tolist()]  # B lists of at most t tokens
+    maps = None if state.maps is None else [state.token_maps(i, len(s)) for i, s in enumerate(seqs)]
+    return GenerationOutput(seqs, scores.tolist(), attentions=maps)
 
 
 def _sample_top_p(logp: Tensor, top_p: float, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -192,7 +222,8 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # all beams start identical: let only the first expand at step 0
     seqs = torch.zeros(B, K, 0, dtype=torch.long, device=device)
-    finished: list[list[tuple[float, list[int], float]]] = [[] for _ in range(B)]  # (normalised, tokens, logp)
+    # per input: (normalised score, tokens, logp, maps [L, H, T, N] or None)
+    finished: list[list[tuple[float, list[int], float, Tensor | None]]] = [[] for _ in range(B)]
     done = [False] * B
     n_cand = min(2 * K, K * V)
     for t in range(max_new):
@@ -215,7 +246,8 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
                     break
                 if tok == eos:
                     if rank < K:  # an EOS outside the top K would not have survived as a beam either
-                        finished[b].append((s / (t + 1) ** length_penalty, seqs_l[b][beam], s))
+                        maps = state.token_maps(b * K + beam, t)  # rows still follow seqs here
+                        finished[b].append((s / (t + 1) ** length_penalty, seqs_l[b][beam], s, maps))
                     continue
                 next_beam[b, n], next_tok[b, n], next_score[b, n] = beam, tok, s
                 n += 1
@@ -240,17 +272,22 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
     # Inputs whose beams never all ended: the live beams compete with finished ones, so EOS is optional.
     n_gen = seqs.shape[2]
     seqs_l, scores_l = seqs.tolist(), beam_scores.tolist()
-    out_seqs, out_scores, hyps = [], [], []
+    out_seqs, out_scores, hyps, out_maps = [], [], [], []
     for b in range(B):
         pool = list(finished[b])
         if not done[b]:
-            live = zip(scores_l[b], seqs_l[b], strict=True)
-            pool += [(s / n_gen**length_penalty, seq, s) for s, seq in live if s != float("-inf")]
+            # the last step's reorder was skipped: live beam k still sits in row next_beam[b, k]
+            rows = (b * K + next_beam[b]).tolist()
+            for s, seq, r in zip(scores_l[b], seqs_l[b], rows, strict=True):
+                if s != float("-inf"):
+                    pool.append((s / n_gen**length_penalty, seq, s, state.token_maps(r, n_gen)))
         pool.sort(key=lambda x: -x[0])
         out_seqs.append(_until_eos(pool[0][1], eos))
         out_scores.append(pool[0][0])
-        hyps.append([(_until_eos(seq, eos), raw) for _, seq, raw in pool[:K]])
-    return GenerationOutput(out_seqs, out_scores, hyps)
+        maps = pool[0][3]
+        out_maps.append(None if maps is None else maps[:, :, : len(out_seqs[-1])])
+        hyps.append([(_until_eos(seq, eos), raw) for _, seq, raw, _ in pool[:K]])
+    return GenerationOutput(out_seqs, out_scores, hyps, None if state.maps is None else out_maps)
 
 
 @torch.inference_mode()

@@ -12,6 +12,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vision_attn.attention_maps import (
+    DEFAULT_LAYER,
+    AttentionLayer,
+    AttentionResult,
+    attention_result,
+    check_layer,
+    encoder_rollout,
+)
 from vision_attn.data.images import load_image
 from vision_attn.data.tokenizer import TextCodec, load_tokenizer
 from vision_attn.data.transforms import image_transform
@@ -41,6 +49,31 @@ def generate_answers(
     prompts = [codec.vqa_prompt(q) for q in questions]
     out = generate(model, images, prompts, image_index=image_index, **gen)
     return [codec.decode(s) for s in out.sequences]
+
+
+def generate_with_attention(
+    model: VisionAttnModel,
+    codec: TextCodec,
+    images: Tensor,
+    prompts: list[list[int]],
+    image_index: Tensor | None = None,
+    attention_layer: AttentionLayer = DEFAULT_LAYER,
+    **gen: Any,
+) -> list[AttentionResult]:
+    """Like `generate_captions`/`generate_answers` for any prompts, with attention maps: one result per prompt.
+
+    images [B_img, 3, S, S]; prompt i is about image image_index[i] (default: image i).
+    """
+    check_layer(attention_layer, len(model.decoder.blocks))  # before the work, not after it
+    out = generate(model, images, prompts, image_index=image_index, return_attention=True, **gen)
+    rollout = encoder_rollout(model.encoder, images)  # [B_img, h, w]
+    if image_index is not None:
+        rollout = rollout[image_index]
+    assert out.attentions is not None
+    return [
+        attention_result(codec, seq, raw, rollout[i], attention_layer)
+        for i, (seq, raw) in enumerate(zip(out.sequences, out.attentions, strict=True))
+    ]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,17 +120,33 @@ class Pipeline:
 
     @torch.inference_mode()
     def caption(
-        self, images: ImageInput | Sequence[ImageInput], num_beams: int = 1, max_new_tokens: int = 48, **gen: Any
-    ) -> str | list[str]:
-        """One caption per image; a single image gives a string, a list gives a list."""
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        num_beams: int = 1,
+        max_new_tokens: int = 48,
+        return_attention: bool = False,
+        attention_layer: AttentionLayer = DEFAULT_LAYER,
+        **gen: Any,
+    ) -> Any:
+        """One caption per image; a single image gives a string, a list gives a list.
+
+        With `return_attention`, each caption is an `AttentionResult` instead: the text, one cross-attention
+        map per generated token and per word over the patch grid (`attention_layer`: a decoder layer index,
+        or "mean" over layers, the default because it points best; see `attention_maps.DEFAULT_LAYER`), the
+        raw per-layer, per-head weights and the encoder's attention rollout. With beam search the maps are
+        those of the returned beam.
+        """
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
-        out: list[str] = []
+        gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, **gen}
+        out: list[Any] = []
         for sl in self._batches(len(items)):
             x = torch.stack([self.preprocess(im) for im in items[sl]]).to(self.device)
-            out += generate_captions(
-                self.model, self.codec, x, num_beams=num_beams, max_new_tokens=max_new_tokens, **gen
-            )
+            if return_attention:
+                prompts = [self.codec.caption_prompt()] * x.shape[0]
+                out += generate_with_attention(self.model, self.codec, x, prompts, None, attention_layer, **gen)
+            else:
+                out += generate_captions(self.model, self.codec, x, **gen)
         return out[0] if single else out
 
     @torch.inference_mode()
@@ -109,14 +158,17 @@ class Pipeline:
         max_new_tokens: int = 8,
         top_k: int | None = None,
         candidates: Sequence[str] | None = None,
+        return_attention: bool = False,
+        attention_layer: AttentionLayer = DEFAULT_LAYER,
         **gen: Any,
     ) -> Any:
         """Answer question i about image i (one image with several questions is repeated).
 
         Returns a string per question; with `top_k`, a ranked list of {"answer", "probability"} per question
         (beam search with at least `top_k` beams, ranked by sequence probability); with `candidates`, those
-        answers ranked by their probability (at most `top_k` of them if given). A single question (a string)
-        gives a single result, a list gives a list.
+        answers ranked by their probability (at most `top_k` of them if given); with `return_attention`, an
+        `AttentionResult` per question (the answer's text and maps, as in `caption`). A single question (a
+        string) gives a single result, a list gives a list.
         """
         single = isinstance(questions, str)
         qs = [questions] if single else list(questions)
@@ -130,6 +182,8 @@ class Pipeline:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if candidates is not None and (not candidates or not all(isinstance(c, str) and c.strip() for c in candidates)):
             raise ValueError("candidates must be a non-empty list of non-empty strings")
+        if return_attention and (top_k is not None or candidates is not None):
+            raise ValueError("return_attention maps a generated answer: use it without top_k and candidates")
         out: list[Any] = []
         for sl in self._batches(len(qs)):
             x = torch.stack([self.preprocess(im) for im in ims[sl]]).to(self.device)
@@ -137,6 +191,19 @@ class Pipeline:
                 out += [r[:top_k] for r in self._rank_candidates(x, qs[sl], list(candidates))]
             elif top_k is not None:
                 out += self._top_k(x, qs[sl], top_k, max(top_k, num_beams), max_new_tokens)
+            elif return_attention:
+                prompts = [self.codec.vqa_prompt(q) for q in qs[sl]]
+                out += generate_with_attention(
+                    self.model,
+                    self.codec,
+                    x,
+                    prompts,
+                    None,
+                    attention_layer,
+                    num_beams=num_beams,
+                    max_new_tokens=max_new_tokens,
+                    **gen,
+                )
             else:
                 out += generate_answers(
                     self.model, self.codec, x, qs[sl], num_beams=num_beams, max_new_tokens=max_new_tokens, **gen

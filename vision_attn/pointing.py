@@ -1,0 +1,175 @@
+"""The pointing game: does a word's attention map peak inside the box of the object the word names?
+
+For each generated word that names exactly one object of the image (its category, e.g. a shape, or its
+`color` attribute when the instances json has one, as the built-in dataset's does), the map's highest patch,
+its centre mapped to image pixels, must fall inside that object's box. The chance rate is what a uniformly
+random point would score: the box area over the image area (and, for a random patch, the share of patch
+centres inside the box).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vision_attn.attention_maps import AttentionResult, reduce_maps
+from vision_attn.data.images import load_image
+from vision_attn.data.readers import ImageRecord
+from vision_attn.data.tokenizer import TextCodec
+from vision_attn.data.transforms import image_transform
+from vision_attn.inference import generate_with_attention
+from vision_attn.models import VisionAttnModel
+
+Box = tuple[float, float, float, float]  # x, y, width, height in pixels (COCO bbox)
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    names: frozenset[str]  # words that name it: its category and its colour
+    box: Box
+    category: str = ""
+
+
+@dataclass(frozen=True)
+class Scene:
+    width: int
+    height: int
+    objects: tuple[SceneObject, ...]
+
+
+def read_scenes(instances_json: str | Path) -> dict[int, Scene]:
+    """COCO instances json -> image_id -> its size and objects (a category, an optional `color`, a bbox)."""
+    data = json.loads(Path(instances_json).read_text())
+    category = {c["id"]: c["name"].lower() for c in data["categories"]}
+    objects: dict[int, list[SceneObject]] = {}
+    for a in data["annotations"]:
+        names = {category[a["category_id"]]} | ({a["color"].lower()} if a.get("color") else set())
+        obj = SceneObject(frozenset(names), tuple(a["bbox"]), category[a["category_id"]])
+        objects.setdefault(a["image_id"], []).append(obj)
+    return {im["id"]: Scene(im["width"], im["height"], tuple(objects.get(im["id"], ()))) for im in data["images"]}
+
+
+def named_object(word: str, scene: Scene) -> SceneObject | None:
+    """The one object `word` names ("circle," -> the only circle), or None if it names none or several."""
+    word = word.strip(string.punctuation).lower()
+    named = [o for o in scene.objects if word in o.names]
+    return named[0] if len(named) == 1 else None
+
+
+def _centre_in_box(i: int, j: int, grid: tuple[int, int], box: Box, width: int, height: int) -> bool:
+    """Is the centre of patch (row i, column j) of an image resized to a square grid inside `box`?"""
+    x, y = (j + 0.5) * width / grid[1], (i + 0.5) * height / grid[0]
+    bx, by, bw, bh = box
+    return bx <= x <= bx + bw and by <= y <= by + bh
+
+
+def peak_in_box(attn: Tensor, box: Box, width: int, height: int) -> bool:
+    """attn [h, w] over an image resized to a square: is the centre of its highest patch inside `box`?"""
+    i, j = divmod(int(attn.flatten().argmax()), attn.shape[1])
+    return _centre_in_box(i, j, tuple(attn.shape), box, width, height)
+
+
+def patch_chance(box: Box, width: int, height: int, grid: tuple[int, int]) -> float:
+    """The share of patch centres inside `box`: the score of pointing at a random patch."""
+    hits = sum(_centre_in_box(i, j, grid, box, width, height) for i in range(grid[0]) for j in range(grid[1]))
+    return hits / (grid[0] * grid[1])
+
+
+def word_rows(result: AttentionResult, scene: Scene, task: str) -> list[dict[str, Any]]:
+    """One row per word naming exactly one object: the chance rates and whether each map points at it.
+
+    Maps: "layer i" (head mean of decoder layer i), "layer mean" (mean over layers), and two word-agnostic
+    controls, "control: rollout" (the encoder rollout) and "control: text mean" (the mean map of the text).
+    """
+    L, _, T, _ = result.raw.shape
+    h, w = result.grid
+    per_layer = {f"layer {i}": reduce_maps(result.raw, i).view(T, h, w) for i in range(L)}
+    per_layer["layer mean"] = reduce_maps(result.raw, "mean").view(T, h, w)
+    rows = []
+    for word, span in zip(result.words, result.word_tokens, strict=True):
+        obj = named_object(word, scene)
+        if obj is None:
+            continue
+        maps = {name: m[span].mean(0) for name, m in per_layer.items()}
+        maps["control: rollout"] = result.rollout
+        maps["control: text mean"] = per_layer["layer mean"].mean(0)
+        bx, by, bw, bh = obj.box
+        word = word.strip(string.punctuation).lower()
+        rows.append(
+            {
+                "task": task,
+                "kind": "category" if word == obj.category else "color",
+                "word": word,
+                "box_chance": bw * bh / (scene.width * scene.height),
+                "patch_chance": patch_chance(obj.box, scene.width, scene.height, (h, w)),
+                "hits": {name: peak_in_box(m, obj.box, scene.width, scene.height) for name, m in maps.items()},
+            }
+        )
+    return rows
+
+
+@torch.inference_mode()
+def pointing_game(
+    model: VisionAttnModel,
+    codec: TextCodec,
+    records: Sequence[ImageRecord],
+    scenes: dict[int, Scene],
+    question_types: Iterable[str] = ("color", "shape"),
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Caption every record's image and answer its questions of `question_types` (greedy, with attention);
+    return `word_rows` of every generated word that names one object of its scene."""
+    types = set(question_types)
+    transform = image_transform(model.config.encoder.image_size)
+    device = next(model.parameters()).device
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(records), batch_size):
+        batch = [r for r in records[start : start + batch_size] if r.image_id in scenes]
+        if not batch:
+            continue
+        images = torch.stack([transform(load_image(r.path)) for r in batch]).to(device)
+        caps = generate_with_attention(model, codec, images, [codec.caption_prompt()] * len(batch))
+        for r, res in zip(batch, caps, strict=True):
+            rows += word_rows(res, scenes[r.image_id], "caption")
+        qs = [(i, q) for i, r in enumerate(batch) for q in r.questions if q.question_type in types]
+        if qs:
+            index = torch.tensor([i for i, _ in qs], device=device)
+            prompts = [codec.vqa_prompt(q.question) for _, q in qs]
+            answers = generate_with_attention(model, codec, images, prompts, index, max_new_tokens=8)
+            for (i, _), res in zip(qs, answers, strict=True):
+                rows += word_rows(res, scenes[batch[i].image_id], "vqa")
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows -> per group (task "caption" or "vqa", word kind "category" or "color", and "all"): n, chance rates,
+    and each map's hit rate and its ratio to the box-area chance."""
+    groups = {
+        "caption": lambda r: r["task"] == "caption",
+        "vqa": lambda r: r["task"] == "vqa",
+        "category words": lambda r: r["kind"] == "category",
+        "color words": lambda r: r["kind"] == "color",
+        "all": lambda r: True,
+    }
+    out: dict[str, Any] = {}
+    for task, keep in groups.items():
+        sel = [r for r in rows if keep(r)]
+        if not sel:
+            continue
+        n = len(sel)
+        chance = sum(r["box_chance"] for r in sel) / n
+        out[task] = {
+            "n": n,
+            "chance_box_area": chance,
+            "chance_random_patch": sum(r["patch_chance"] for r in sel) / n,
+            "hit_rate": {m: sum(r["hits"][m] for r in sel) / n for m in sel[0]["hits"]},
+        }
+        out[task]["ratio_to_chance"] = {m: v / chance for m, v in out[task]["hit_rate"].items()}
+    return out
