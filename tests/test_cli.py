@@ -223,6 +223,8 @@ def test_answer_top_k_is_ranked_and_sums_to_at_most_one(model_dir: Path, synthet
     assert ranked == [pipe.answer(p, q, top_k=3) for p, q in zip(paths, qs, strict=True)]  # batch == alone
     with pytest.raises(ValueError, match="top_k"):
         pipe.answer(paths[0], qs[0], top_k=0)
+    best = pipe.answer(paths[0], qs[0], top_k=1)  # one ranked answer (beam search, never greedy's no-ranking)
+    assert len(best) == 1 and best[0] == ranked[0][0]
 
 
 def test_answer_candidates_are_ranked_by_their_probability(model_dir: Path, synthetic_root: Path) -> None:

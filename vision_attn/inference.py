@@ -165,7 +165,7 @@ class Pipeline:
         """Answer question i about image i (one image with several questions is repeated).
 
         Returns a string per question; with `top_k`, a ranked list of {"answer", "probability"} per question
-        (beam search with at least `top_k` beams, ranked by sequence probability); with `candidates`, those
+        (beam search with at least max(`top_k`, 2) beams, ranked by sequence probability); with `candidates`, those
         answers ranked by their probability (at most `top_k` of them if given); with `return_attention`, an
         `AttentionResult` per question (the answer's text and maps, as in `caption`). A single question (a
         string) gives a single result, a list gives a list.
@@ -190,7 +190,7 @@ class Pipeline:
             if candidates is not None:
                 out += [r[:top_k] for r in self._rank_candidates(x, qs[sl], list(candidates))]
             elif top_k is not None:
-                out += self._top_k(x, qs[sl], top_k, max(top_k, num_beams), max_new_tokens)
+                out += self._top_k(x, qs[sl], top_k, max(top_k, num_beams, 2), max_new_tokens)  # 1 beam = greedy
             elif return_attention:
                 prompts = [self.codec.vqa_prompt(q) for q in qs[sl]]
                 out += generate_with_attention(
