@@ -98,8 +98,12 @@ class VisionAttnModule(L.LightningModule):
             return None
         losses = self._losses(batch)
         n = batch["images"].shape[0]
+        # Lightning reads every progress-bar value back to the host (.item()) after every batch: on a GPU that
+        # is a sync per training step, which stalls the queue, so there the training loss goes only to the
+        # logger (read every log_every_n_steps).
+        pbar_loss = stage != "train" or self.device.type != "cuda"
         for k, v in losses.items():
-            self.log(f"{stage}/{k}", v, prog_bar=k == "loss", batch_size=n, sync_dist=stage != "train")
+            self.log(f"{stage}/{k}", v, prog_bar=k == "loss" and pbar_loss, batch_size=n, sync_dist=stage != "train")
         if stage != "train":
             self._generate_for_metrics(batch)
         return losses["loss"]
