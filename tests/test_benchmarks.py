@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
@@ -89,3 +89,23 @@ def test_static_greedy_matches_generate(tiny_model, images: torch.Tensor, monkey
     got = static_decode.StaticGreedy(tiny_model, 4, prompt, 12, compile=False)(images)
     assert [s[: s.index(eos)] if eos in s else s for s in got] == want
     assert any(len(s) < 12 for s in want) and any(len(s) == 12 for s in want)  # both stop kinds were exercised
+
+
+@pytest.mark.parametrize(
+    ("device", "compile", "expected"), [("cuda", None, True), ("cpu", None, False), ("cuda", False, False)]
+)
+def test_compile_switch_follows_the_training_device(device: str, compile: bool | None, expected: bool):
+    """`model.compile: null` means on for a GPU, although Lightning calls configure_model before moving the module."""
+    from vision_attn.config import DecoderConfig, EncoderConfig
+    from vision_attn.data.tokenizer import train_tokenizer
+    from vision_attn.training import VisionAttnModule
+
+    module = VisionAttnModule(
+        encoder=EncoderConfig(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
+        decoder=DecoderConfig(dim=32, depth=1, num_heads=2),
+        compile=compile,
+        tokenizer=train_tokenizer(["a red circle on the left", "a blue square at the top"], 80),
+    )
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))  # as Trainer.fit
+    module.configure_model()
+    assert module._compiled is expected

@@ -75,7 +75,9 @@ class VisionAttnModule(L.LightningModule):
         self._skipped = 0
 
     def configure_model(self) -> None:
-        use = self.hparams.compile if self.hparams.compile is not None else self.device.type == "cuda"
+        # Lightning calls this before it moves the module to its device: the strategy knows where it will run.
+        device = self.trainer.strategy.root_device
+        use = self.hparams.compile if self.hparams.compile is not None else device.type == "cuda"
         if use and not self._compiled:  # forward_groups, not forward, is what training calls
             self.__dict__["_forward_groups"] = torch.compile(self.model.forward_groups)
             self._compiled = True
