@@ -260,7 +260,7 @@ def datasheet_tflops(device: torch.device) -> float | None:
 # ---- the record ----
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, script: str, argv: list[str] | None) -> dict[str, Any]:
     """Device, versions, command and date: what a figure needs to be reproduced."""
     import lightning
     import timm
@@ -277,7 +277,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        name = f"CPU {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": name,
@@ -291,8 +291,18 @@ def environment(device: torch.device) -> dict[str, Any]:
         "timm": timm.__version__,
         "lightning": lightning.__version__,
         "commit": commit,
-        "command": "python -m benchmarks." + Path(sys.argv[0]).stem + " " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m", f"benchmarks.{script}", *(sys.argv[1:] if argv is None else argv)]),
     }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def size_record(size: Size) -> dict[str, Any]:

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     payload = {
         "benchmark": "generate_latency",
-        "environment": environment(device),
+        "environment": environment(device, "generate_latency", argv),
         "size": size_record(size),
         "ours_weights": str(args.model_dir) if args.model_dir else "random init",
         "encoder_stem": stem,

@@ -8,6 +8,7 @@ Variants, all at the same size, batch, text length (32) and optimizer (AdamW, fu
     ours_eager  our model, bf16 autocast, no torch.compile.
     ours        our model as `VisionAttnModule` trains it: `forward_groups` under torch.compile (default on a
                 GPU, off on CPU, as `model.compile: null` does), loss outside the compiled region.
+    ours_compile_loss  the same with the loss inside the compiled region (fp32 log-softmax fused): a candidate.
     trainer     `ours` end to end: Lightning Trainer + `VisionAttnDataModule` decoding JPEGs (captions only,
                 texts cut at the same 32 tokens, tokenizer padded with unused tokens to the same vocabulary).
 Synthetic tensors are random (normal images, uniform token ids), never zeros. A step is forward, backward,
@@ -54,7 +55,7 @@ from benchmarks.common import (
 from vision_attn.models import VisionAttnModel, text_loss
 
 log = logging.getLogger("benchmarks.train_throughput")
-VARIANTS = ("peer", "ours_eager", "ours", "trainer")
+VARIANTS = ("peer", "ours_eager", "ours", "ours_compile_loss", "trainer")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -105,17 +106,24 @@ def adamw(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer
     )
 
 
-def ours_step(size: Size, batch: dict[str, torch.Tensor], device: torch.device, compile: bool):
-    """One training step of our model, compiled as `VisionAttnModule.configure_model` compiles it."""
+def ours_step(size: Size, batch: dict[str, torch.Tensor], device: torch.device, compile: str):
+    """One training step of our model. compile: "off"; "forward" = `forward_groups` as
+    `VisionAttnModule.configure_model` compiles it; "forward+loss" = the loss (fp32 log-softmax over the
+    vocabulary) in the same compiled region, a candidate change measured here."""
     torch.manual_seed(0)
     model = VisionAttnModel(ours_config(size)).to(device).train()
-    forward_groups = torch.compile(model.forward_groups) if compile else model.forward_groups
+    forward_groups = torch.compile(model.forward_groups) if compile == "forward" else model.forward_groups
+
+    def loss_fn(images: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return text_loss(forward_groups(images, [(ids, None)])[0], labels)
+
+    loss_fn = torch.compile(loss_fn) if compile == "forward+loss" else loss_fn
     opt = adamw(model, device)
     images, ids, labels = batch["images"], batch["ids"], batch["labels"]
 
     def step() -> None:
         with autocast(device):
-            loss = text_loss(forward_groups(images, [(ids, None)])[0], labels)
+            loss = loss_fn(images, ids, labels)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -210,6 +218,7 @@ def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def free_memory(device: torch.device) -> None:
+    torch._dynamo.reset()  # compiled code of the previous variant goes too
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -226,8 +235,9 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     batch = random_batch(size, args.batch, args.text_len, device)
     builders = {
         "peer": lambda: peer_step(size, batch, device),
-        "ours_eager": lambda: ours_step(size, batch, device, compile=False),
-        "ours": lambda: ours_step(size, batch, device, compile=args.compile),
+        "ours_eager": lambda: ours_step(size, batch, device, "off"),
+        "ours": lambda: ours_step(size, batch, device, "forward" if args.compile else "off"),
+        "ours_compile_loss": lambda: ours_step(size, batch, device, "forward+loss"),
     }
     tensor_variants = [v for v in args.variants if v != "trainer"]
     out: dict[str, dict[str, Any]] = {}
@@ -254,6 +264,7 @@ WHAT = {
     "peer": "HF VisionEncoderDecoder (ViT + GPT-2), SDPA",
     "ours_eager": "ours, eager",
     "ours": "ours, as VisionAttnModule trains it",
+    "ours_compile_loss": "ours, loss compiled with the forward",
     "trainer": "ours: Lightning Trainer + DataModule (JPEGs)",
 }
 
@@ -321,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     payload = {
         "benchmark": "train_throughput",
-        "environment": environment(device),
+        "environment": environment(device, "train_throughput", argv),
         "size": size_record(size),
         "batch": args.batch,
         "text_len": args.text_len,
