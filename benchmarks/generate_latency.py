@@ -12,7 +12,9 @@ Ours at the demo size is the trained demo model (`--model-dir`; its encoder has 
 patch projection) or, without `--model-dir`, a random model of the same shape; the peer is random, same shape.
 Weights are bf16 on a GPU and float32 on CPU for both. Latency is the median over repetitions; on CPU ours and
 the peer alternate call by call (a shared machine slows both alike), on a GPU each runs alone.
-`ours_static` (GPU only, off on CPU): the fixed-shape CUDA-graph greedy decoder of `benchmarks/static_decode.py`.
+`ours_static` (greedy only): the fixed-shape decoder of `benchmarks/static_decode.py`, its step compiled once
+(a CUDA graph on a GPU, inductor C++ kernels on CPU; compilation happens in the untimed calls): a candidate for
+`vision_attn/generation.py`, measured here.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=20)
     p.add_argument("--reps", type=int, help="timed calls per case (default: 20 on a GPU, 10 on CPU)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default: 3 on a GPU, 2 on CPU)")
-    p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all on a GPU)")
+    p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)")
+    p.add_argument("--no-compile-static", dest="compile_static", action="store_false", help="ours_static eager")
     p.add_argument("--out", type=Path, help="results json (default: benchmarks/results/generate_<cpu|cuda>.json)")
     args = p.parse_args(argv)
     setup(args)
@@ -68,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.beams = [int(k) for k in args.beams.split(",")]
     args.reps = args.reps or (20 if gpu else 10)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 2)
-    args.variants = args.variants.split(",") if args.variants else list(VARIANTS if gpu else VARIANTS[:2])
+    args.variants = args.variants.split(",") if args.variants else list(VARIANTS)
     if unknown := set(args.variants) - set(VARIANTS):
         p.error(f"--variants: unknown {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     args.out = args.out or RESULTS / f"generate_{args.device.type}.json"
@@ -99,7 +102,7 @@ def load_peer(size: Size, device: torch.device, dtype: torch.dtype) -> torch.nn.
 
 
 def callers(args: argparse.Namespace, ours, peer, batch: int, beams: int) -> dict[str, Any]:
-    """One zero-argument call per variant for this case; each returns the new-token count of every output."""
+    """One zero-argument call per variant for this case; each returns the new tokens of every output."""
     size, device, dtype = args.size, args.device, next(ours.parameters()).dtype
     g = torch.Generator().manual_seed(batch)
     images = torch.randn(batch, 3, size.image_size, size.image_size, generator=g).to(device=device, dtype=dtype)
@@ -107,23 +110,25 @@ def callers(args: argparse.Namespace, ours, peer, batch: int, beams: int) -> dic
     n = args.new_tokens
     fns: dict[str, Any] = {}
     if "ours" in args.variants:
-        fns["ours"] = lambda: [
-            len(s) for s in generate(ours, images, [PROMPT] * batch, max_new_tokens=n, num_beams=beams).sequences
-        ]
+        fns["ours"] = lambda: generate(ours, images, [PROMPT] * batch, max_new_tokens=n, num_beams=beams).sequences
     if "peer" in args.variants:
 
         @torch.inference_mode()
-        def run_peer() -> list[int]:
+        def run_peer() -> list[list[int]]:
             out = peer.generate(
                 pixel_values=images, decoder_input_ids=prompt_ids, max_new_tokens=n, num_beams=beams, do_sample=False
             )
-            return [out.shape[1] - len(PROMPT)] * out.shape[0]
+            return out[:, len(PROMPT) :].tolist()
 
         fns["peer"] = run_peer
     if "ours_static" in args.variants and beams == 1:
-        static = StaticGreedy(ours, batch, PROMPT, n, compile=device.type == "cuda")
-        fns["ours_static"] = lambda: [len(s) for s in static(images)]
+        static = StaticGreedy(ours, batch, PROMPT, n, compile=args.compile_static)
+        fns["ours_static"] = lambda: static(images)
     return fns
+
+
+def same_share(a: list[list[int]], b: list[list[int]]) -> float:
+    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -138,10 +143,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for batch in args.batch_sizes:
         for beams in args.beams:
             fns = callers(args, ours, peer, batch, beams)
-            for name, fn in fns.items():  # the fixed token budget, checked once per case outside the timing
-                lengths = fn()
-                if lengths != [args.new_tokens] * batch:
-                    raise RuntimeError(f"{name} generated {lengths} tokens, expected {args.new_tokens} for each")
+            tokens = {name: fn() for name, fn in fns.items()}  # checked once per case, outside the timing
+            for name, seqs in tokens.items():
+                if [len(s) for s in seqs] != [args.new_tokens] * batch:
+                    raise RuntimeError(f"{name} generated {[len(s) for s in seqs]} tokens, not {args.new_tokens} each")
             if device.type == "cpu":
                 times = time_interleaved(fns, args.reps, args.warmup, device)
             else:
@@ -157,6 +162,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "captions_per_s": batch / (latency * 1e-3),
                         "new_tokens_per_s": batch * args.new_tokens / (latency * 1e-3),
                         "calls_ms": ms,
+                        # the share of captions equal to ours' (same weights; bf16 kernels may break near-ties)
+                        "same_tokens_as_ours": same_share(tokens[name], tokens["ours"])
+                        if name.startswith("ours") and "ours" in tokens
+                        else None,
                     }
                 )
             log.info("batch %d, beams %d: %s", batch, beams, {n: round(median(t), 2) for n, t in times.items()})

@@ -1,4 +1,4 @@
-"""A prototype of fixed-shape greedy decoding for CUDA graphs; `generate_latency.py` measures it on a GPU.
+"""A prototype of fixed-shape greedy decoding for CUDA graphs; `generate_latency.py` measures it.
 
 It lives here, not in `vision_attn/generation.py`, so that the numbers can say whether the change is worth making
 there. What it changes relative to `vision_attn.generation.generate` (greedy):
@@ -8,7 +8,8 @@ there. What it changes relative to `vision_attn.generation.generate` (greedy):
   2. Image keys/values and the caches live in buffers at fixed addresses (`torch._dynamo.mark_static_address`),
      so the graph reads them in place instead of copying them in at each replay.
   3. The step (decoder + argmax) is compiled with mode="reduce-overhead": one graph launch per token instead of
-     about 25 kernel launches per decoder layer.
+     about 25 kernel launches per decoder layer. On CPU the same fixed shapes let torch.compile fuse the step
+     into a few C++ kernels (no CUDA graphs there).
 It keeps `generate`'s per-token "has every row ended?" check (a host sync), so both do the same host work.
 Limits of the prototype: greedy only, one prompt shared by the whole batch (captions), no left padding.
 """
@@ -40,7 +41,7 @@ class StaticKVCache(KVCache):
 class StaticGreedy:
     """Greedy decoding of `max_new_tokens` after one shared prompt, for a fixed batch size.
 
-    compile=True (CUDA): the per-token step runs as a CUDA graph (torch.compile mode="reduce-overhead").
+    compile=True: the per-token step is compiled once for these shapes (on a GPU it replays as a CUDA graph).
     """
 
     def __init__(
@@ -64,7 +65,8 @@ class StaticGreedy:
             )
             for t in buffers:
                 torch._dynamo.mark_static_address(t)
-            self.step = torch.compile(self._step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            mode = "reduce-overhead" if p.is_cuda else "default"  # CUDA graphs on a GPU; fused C++ kernels on CPU
+            self.step = torch.compile(self._step, mode=mode, fullgraph=True, dynamic=False)
         else:
             self.step = self._step
 

@@ -48,7 +48,20 @@ def test_generate_latency_writes_results(tmp_path: Path, monkeypatch: pytest.Mon
     gen = bench("generate_latency", monkeypatch)
     out = tmp_path / "generate.json"
     args = ["--device", "cpu", "--size", "demo", "--batch-sizes", "1,2", "--beams", "1,3", "--new-tokens", "6"]
-    gen.main([*args, "--reps", "1", "--warmup", "0", "--variants", "peer,ours,ours_static", "--out", str(out)])
+    gen.main(
+        [
+            *args,
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--variants",
+            "peer,ours,ours_static",
+            "--no-compile-static",
+            "--out",
+            str(out),
+        ]
+    )
     payload = json.loads(out.read_text())
     cases = {(r["variant"], r["batch"], r["beams"]) for r in payload["results"]}
     # the static decoder is greedy only; every case ran (and produced exactly 6 tokens per output, or main raised)
@@ -58,6 +71,8 @@ def test_generate_latency_writes_results(tmp_path: Path, monkeypatch: pytest.Mon
     assert cases == expected
     for row in payload["results"]:
         positive(row, ["latency_ms", "captions_per_s", "new_tokens_per_s", "speedup_vs_peer"])
+        if row["variant"] == "ours_static":
+            assert row["same_tokens_as_ours"] == 1.0
 
 
 def test_forward_flops_formula_counts_every_matmul(monkeypatch: pytest.MonkeyPatch):
