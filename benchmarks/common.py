@@ -26,7 +26,8 @@ from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM datasheet, dense bf16 (H200: the same compute)
+# Dense bf16 datasheet peaks, TFLOP/s, by a substring of the device name (first match wins).
+DATASHEET_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0}
 PROMPT = [1, 3]  # <bos> <caption>: the caption prompt of vision-attn's tokenizer (ids 1 and 3)
 
 
@@ -251,10 +252,11 @@ def matmul_tflops(device: torch.device, reps: int = 20) -> tuple[float, str]:
 
 
 def datasheet_tflops(device: torch.device) -> float | None:
-    """Dense bf16 datasheet peak for the GPUs we know (H100/H200 SXM); None elsewhere."""
-    if device.type == "cuda" and any(k in torch.cuda.get_device_name(device) for k in ("H100", "H200")):
-        return H100_BF16_DENSE_TFLOPS
-    return None
+    """Dense bf16 datasheet peak of the GPUs we know (H100 SXM and H200: 989 TFLOP/s); None elsewhere."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops for key, tflops in DATASHEET_BF16_TFLOPS.items() if key in name), None)
 
 
 # ---- the record ----

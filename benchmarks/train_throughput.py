@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("peak_mem_gb", "peak GiB", ".1f"),
             ("tflops", "TFLOP/s", ".2f"),
             ("mfu_measured_peak", "MFU (measured)", ".1%"),
-            ("mfu_datasheet", "MFU (989)", ".1%"),
+            ("mfu_datasheet", "MFU (datasheet)", ".1%"),
             ("vs_peer", "x peer", ".2f"),
         ],
     )
