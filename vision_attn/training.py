@@ -75,7 +75,9 @@ class VisionAttnModule(L.LightningModule):
         self._skipped = 0
 
     def configure_model(self) -> None:
-        use = self.hparams.compile if self.hparams.compile is not None else self.device.type == "cuda"
+        # Lightning calls this before it moves the module to its device: the strategy knows where it will run.
+        device = self.trainer.strategy.root_device
+        use = self.hparams.compile if self.hparams.compile is not None else device.type == "cuda"
         if use and not self._compiled:  # forward_groups, not forward, is what training calls
             self.__dict__["_forward_groups"] = torch.compile(self.model.forward_groups)
             self._compiled = True
@@ -104,8 +106,12 @@ class VisionAttnModule(L.LightningModule):
             return None
         losses = self._losses(batch)
         n = batch["images"].shape[0]
+        # Lightning reads every progress-bar value back to the host (.item()) after every batch: on a GPU that
+        # is a sync per training step, which stalls the queue, so there the training loss goes only to the
+        # logger (read every log_every_n_steps).
+        pbar_loss = stage != "train" or self.device.type != "cuda"
         for k, v in losses.items():
-            self.log(f"{stage}/{k}", v, prog_bar=k == "loss", batch_size=n, sync_dist=stage != "train")
+            self.log(f"{stage}/{k}", v, prog_bar=k == "loss" and pbar_loss, batch_size=n, sync_dist=stage != "train")
         if stage != "train":
             self._generate_for_metrics(batch)
         return losses["loss"]

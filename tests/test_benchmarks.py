@@ -1,0 +1,126 @@
+"""The benchmark scripts on CPU at the demo size for a couple of steps, the FLOP formula, the static decoder."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import `benchmarks.<name>` (benchmarks/ is not installed; the repository root may not be on sys.path)."""
+    monkeypatch.syspath_prepend(str(REPO))
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def positive(row: dict, keys: list[str]) -> None:
+    for k in keys:
+        assert isinstance(row[k], float | int) and row[k] > 0, f"{row['variant']}: {k} = {row[k]!r}"
+
+
+def test_train_throughput_writes_results(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    train = bench("train_throughput", monkeypatch)
+    out = tmp_path / "train.json"
+    args = ["--device", "cpu", "--size", "demo", "--batch", "2", "--steps", "2", "--warmup", "1"]
+    args += ["--trainer-steps", "2", "--data-root", str(synthetic_root), "--workers", "0", "--out", str(out)]
+    train.main(args)
+    payload = json.loads(out.read_text())
+    assert payload["environment"]["torch"] == torch.__version__
+    assert payload["peak_tflops_measured"] > 0
+    rows = {r["variant"]: r for r in payload["results"]}
+    assert set(rows) == {"peer", "ours", "trainer"}
+    for row in rows.values():
+        positive(row, ["images_per_s", "tokens_per_s", "step_ms", "tflops", "mfu_measured_peak", "vs_peer"])
+        assert len(row["steps_ms"]) == 2
+    assert rows["peer"]["vs_peer"] == 1.0
+    assert rows["trainer"]["vocab_size"] == 423  # the trained tokenizer was padded to the demo vocabulary
+
+
+def test_generate_latency_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    gen = bench("generate_latency", monkeypatch)
+    out = tmp_path / "generate.json"
+    args = ["--device", "cpu", "--size", "demo", "--batch-sizes", "1,2", "--beams", "1,3", "--new-tokens", "6"]
+    gen.main(
+        [
+            *args,
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--variants",
+            "peer,ours,ours_static",
+            "--no-compile-static",
+            "--out",
+            str(out),
+        ]
+    )
+    payload = json.loads(out.read_text())
+    cases = {(r["variant"], r["batch"], r["beams"]) for r in payload["results"]}
+    # the static decoder is greedy only; every case ran (and produced exactly 6 tokens per output, or main raised)
+    expected = {(v, b, k) for v in ("peer", "ours") for b in (1, 2) for k in (1, 3)} | {
+        ("ours_static", b, 1) for b in (1, 2)
+    }
+    assert cases == expected
+    for row in payload["results"]:
+        positive(row, ["latency_ms", "captions_per_s", "new_tokens_per_s", "speedup_vs_peer"])
+        if row["variant"] == "ours_static":
+            assert row["same_tokens_as_ours"] == 1.0
+
+
+def test_forward_flops_formula_counts_every_matmul(monkeypatch: pytest.MonkeyPatch):
+    """The formula equals torch's FLOP counter (attention through the math kernel, which it can count)."""
+    common = bench("common", monkeypatch)
+    from vision_attn.models import VisionAttnModel
+
+    size = common.Size("t", 32, 8, 32, 2, 2, "patch", True, 32, 2, 2, 60)
+    images, ids = torch.randn(2, 3, 32, 32), torch.randint(6, 60, (2, 12))
+    ours, peer = VisionAttnModel(common.ours_config(size)).eval(), common.build_peer(size).eval()
+    with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+        with FlopCounterMode(display=False) as ours_count:
+            ours(images, ids)
+        with FlopCounterMode(display=False) as peer_count:
+            peer(pixel_values=images, decoder_input_ids=ids)
+    assert ours_count.get_total_flops() == 2 * common.forward_flops(size, 12, size.num_patches)["total"]
+    # the peer attends to the class token too; its unused ViT pooler (a D x D matmul) is not in the formula
+    peer_formula = 2 * common.forward_flops(size, 12, size.num_patches + 1)["total"]
+    assert peer_count.get_total_flops() == pytest.approx(peer_formula + 2 * 2 * size.enc_dim**2)
+
+
+def test_static_greedy_matches_generate(tiny_model, images: torch.Tensor, monkeypatch: pytest.MonkeyPatch):
+    """The fixed-shape decoder (run eagerly here) gives generate()'s greedy tokens, EOS stops included."""
+    static_decode = bench("static_decode", monkeypatch)
+    from vision_attn.generation import generate
+
+    prompt, eos = [1, 3], tiny_model.config.eos_token_id
+    want = generate(tiny_model, images, [prompt] * 4, max_new_tokens=12).sequences
+    got = static_decode.StaticGreedy(tiny_model, 4, prompt, 12, compile=False)(images)
+    assert [s[: s.index(eos)] if eos in s else s for s in got] == want
+    assert any(len(s) < 12 for s in want) and any(len(s) == 12 for s in want)  # both stop kinds were exercised
+
+
+@pytest.mark.parametrize(
+    ("device", "compile", "expected"), [("cuda", None, True), ("cpu", None, False), ("cuda", False, False)]
+)
+def test_compile_switch_follows_the_training_device(device: str, compile: bool | None, expected: bool):
+    """`model.compile: null` means on for a GPU, although Lightning calls configure_model before moving the module."""
+    from vision_attn.config import DecoderConfig, EncoderConfig
+    from vision_attn.data.tokenizer import train_tokenizer
+    from vision_attn.training import VisionAttnModule
+
+    module = VisionAttnModule(
+        encoder=EncoderConfig(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
+        decoder=DecoderConfig(dim=32, depth=1, num_heads=2),
+        compile=compile,
+        tokenizer=train_tokenizer(["a red circle on the left", "a blue square at the top"], 80),
+    )
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))  # as Trainer.fit
+    module.configure_model()
+    assert module._compiled is expected
