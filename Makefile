@@ -25,10 +25,11 @@ demo: $(STAMP) $(DATA)/.complete
 	$(PY) -m vision_attn.cli export $(RUN)/checkpoints/last.ckpt $(RUN)/model
 	$(PY) -m vision_attn.cli evaluate --model $(RUN)/model --data-root $(DATA) --split val \
 		--baseline-split train --out $(RUN)
-	@echo "--- captions of assets/ ---"
-	$(PY) -m vision_attn.cli caption --model $(RUN)/model assets/
+	@echo "--- captions of assets/ (attention pictures in $(RUN)/attention/) ---"
+	$(PY) -m vision_attn.cli caption --model $(RUN)/model --attention-dir $(RUN)/attention assets/
 	@echo "--- a question about assets/scene_1.jpg ---"
-	$(PY) -m vision_attn.cli vqa --model $(RUN)/model --image assets/scene_1.jpg --question "$$(cat assets/scene_1.question.txt)"
+	$(PY) -m vision_attn.cli vqa --model $(RUN)/model --image assets/scene_1.jpg --attention-dir $(RUN)/attention \
+		--question "$$(cat assets/scene_1.question.txt)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
