@@ -286,3 +286,21 @@ def test_caption_command_batches_equal_single(
     lines = capsys.readouterr().out.splitlines()
     pipe = Pipeline.from_pretrained(model_dir, device="cpu")
     assert lines == [f"{p}\t{pipe.caption(p)}" for p in paths]
+
+
+def test_pipeline_bf16_autocast_is_off_on_cpu_by_default_and_works_when_asked(
+    model_dir: Path, synthetic_root: Path
+) -> None:
+    """On a GPU the pipeline runs in bf16 autocast by default; the same code path is checked here on the CPU."""
+    image = str(sorted((synthetic_root / "val2014").glob("*.jpg"))[0])
+    assert Pipeline.from_pretrained(model_dir, device="cpu").bf16 is False
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu", bf16=True)
+    dtypes: set[torch.dtype] = set()
+    hook = pipe.model.decoder.lm_head.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+    caption = pipe.caption(image, max_new_tokens=8)
+    ranked = pipe.answer(image, "what color is the circle?", top_k=2)
+    hook.remove()
+    assert dtypes == {torch.bfloat16}  # the matmuls really ran in bf16
+    assert isinstance(caption, str)
+    assert 0 < sum(r["probability"] for r in ranked) <= 1 + 1e-6
+    assert next(pipe.model.parameters()).dtype == torch.float32  # weights stay float32

@@ -24,3 +24,23 @@ def test_tiny_model_learns_well_above_the_majority_baseline(trained_tiny: Traine
     assert per_type["color"]["accuracy"] >= per_type["color"]["majority_baseline"] + 20
     assert metrics["vqa_accuracy"] >= metrics["majority_baseline"] + 5
     assert metrics["bleu4"] > 0.3
+
+
+@pytest.mark.slow
+def test_candidates_ranking_on_the_trained_tiny_model_picks_the_right_colour(trained_tiny: TrainedTiny) -> None:
+    """`answer(..., candidates=...)` ranks given answers by likelihood: on colour questions, with every colour as
+    a candidate, the top-ranked one must be right far more often than the most common colour."""
+    import torch
+
+    from vision_attn.inference import Pipeline
+
+    colours = sorted({q.answer for r in trained_tiny.train_records for q in r.questions if q.question_type == "color"})
+    items = [(r.path, q) for r in trained_tiny.val_records for q in r.questions if q.question_type == "color"]
+    assert len(colours) == 6 and len(items) >= 50
+    pipe = Pipeline(trained_tiny.model, trained_tiny.codec, torch.device("cpu"), batch_size=64)
+    ranked = pipe.answer([str(p) for p, _ in items], [q.question for _, q in items], candidates=colours)
+    assert all(sorted(x["answer"] for x in r) == colours for r in ranked)  # every candidate, ranked
+    top1 = sum(r[0]["answer"] == q.answer for r, (_, q) in zip(ranked, items, strict=True)) / len(items)
+    majority = max(sum(q.answer == c for _, q in items) for c in colours) / len(items)
+    print(f"candidates top-1 {top1:.2f} vs most common colour {majority:.2f} on {len(items)} questions")
+    assert top1 >= majority + 0.2

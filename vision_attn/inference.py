@@ -90,19 +90,34 @@ class Pipeline:
     >>> pipe.answer("photo.jpg", "what color is the circle?")
     """
 
-    def __init__(self, model: VisionAttnModel, codec: TextCodec, device: torch.device, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: VisionAttnModel,
+        codec: TextCodec,
+        device: torch.device,
+        batch_size: int = 32,
+        bf16: bool | None = None,
+    ) -> None:
         self.model = model.to(device).eval()
         self.codec = codec
         self.device = device
         self.batch_size = batch_size
+        # bf16 autocast (weights stay float32): None = on for a GPU that supports it, off on the CPU, where
+        # bf16 matmuls are no faster and results would drift from float32 for nothing.
+        self.bf16 = bf16 if bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.transform = image_transform(model.config.encoder.image_size)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str = "auto", batch_size: int = 32) -> Pipeline:
+    def from_pretrained(
+        cls, model_dir: str | Path, device: str = "auto", batch_size: int = 32, bf16: bool | None = None
+    ) -> Pipeline:
         """Load `config.json`, `model.safetensors` and `tokenizer.json` from `model_dir`."""
         dev = resolve_device(device)
         model = VisionAttnModel.from_pretrained(model_dir, device=dev)
-        return cls(model, TextCodec(load_tokenizer(Path(model_dir) / "tokenizer.json")), dev, batch_size)
+        return cls(model, TextCodec(load_tokenizer(Path(model_dir) / "tokenizer.json")), dev, batch_size, bf16)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def preprocess(self, image: ImageInput) -> Tensor:
         """A path, bytes, PIL image or tensor ([3, H, W] floats in 0..1 or uint8) -> [3, S, S] normalised."""
@@ -142,11 +157,12 @@ class Pipeline:
         out: list[Any] = []
         for sl in self._batches(len(items)):
             x = torch.stack([self.preprocess(im) for im in items[sl]]).to(self.device)
-            if return_attention:
-                prompts = [self.codec.caption_prompt()] * x.shape[0]
-                out += generate_with_attention(self.model, self.codec, x, prompts, None, attention_layer, **gen)
-            else:
-                out += generate_captions(self.model, self.codec, x, **gen)
+            with self._autocast():
+                if return_attention:
+                    prompts = [self.codec.caption_prompt()] * x.shape[0]
+                    out += generate_with_attention(self.model, self.codec, x, prompts, None, attention_layer, **gen)
+                else:
+                    out += generate_captions(self.model, self.codec, x, **gen)
         return out[0] if single else out
 
     @torch.inference_mode()
@@ -187,28 +203,34 @@ class Pipeline:
         out: list[Any] = []
         for sl in self._batches(len(qs)):
             x = torch.stack([self.preprocess(im) for im in ims[sl]]).to(self.device)
-            if candidates is not None:
-                out += [r[:top_k] for r in self._rank_candidates(x, qs[sl], list(candidates))]
-            elif top_k is not None:
-                out += self._top_k(x, qs[sl], top_k, max(top_k, num_beams, 2), max_new_tokens)  # 1 beam = greedy
-            elif return_attention:
-                prompts = [self.codec.vqa_prompt(q) for q in qs[sl]]
-                out += generate_with_attention(
-                    self.model,
-                    self.codec,
-                    x,
-                    prompts,
-                    None,
-                    attention_layer,
-                    num_beams=num_beams,
-                    max_new_tokens=max_new_tokens,
-                    **gen,
-                )
-            else:
-                out += generate_answers(
-                    self.model, self.codec, x, qs[sl], num_beams=num_beams, max_new_tokens=max_new_tokens, **gen
+            with self._autocast():
+                out += self._answer_batch(
+                    x, qs[sl], num_beams, max_new_tokens, top_k, candidates, return_attention, attention_layer, gen
                 )
         return out[0] if single else out
+
+    def _answer_batch(
+        self,
+        x: Tensor,
+        qs: list[str],
+        num_beams: int,
+        max_new_tokens: int,
+        top_k: int | None,
+        candidates: Sequence[str] | None,
+        return_attention: bool,
+        attention_layer: AttentionLayer,
+        gen: dict[str, Any],
+    ) -> list[Any]:
+        """One batch of `answer`: x [B, 3, S, S], question i about image i."""
+        if candidates is not None:
+            return [r[:top_k] for r in self._rank_candidates(x, qs, list(candidates))]
+        if top_k is not None:
+            return self._top_k(x, qs, top_k, max(top_k, num_beams, 2), max_new_tokens)  # 1 beam = greedy: no ranking
+        gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, **gen}
+        if return_attention:
+            prompts = [self.codec.vqa_prompt(q) for q in qs]
+            return generate_with_attention(self.model, self.codec, x, prompts, None, attention_layer, **gen)
+        return generate_answers(self.model, self.codec, x, qs, **gen)
 
     def _top_k(self, images: Tensor, questions: list[str], k: int, beams: int, max_new: int) -> list[list[dict]]:
         prompts = [self.codec.vqa_prompt(q) for q in questions]
