@@ -66,6 +66,8 @@ class _DecodeState:
             valid[i, P - len(p) :] = True
         self.model, self.image_kv, self.P = model, image_kv, P
         self.prompt_ids, self.prompt_valid = ids, valid
+        # Without padding no mask is needed: SDPA then runs plain causal attention (the flash kernel on a GPU).
+        self.padded = any(len(p) < P for p in prompts)
         heads, head_dim = dec.cfg.num_heads, dec.cfg.dim // dec.cfg.num_heads
         dtype = image_kv[0][0].dtype
         self.caches = [KVCache(B, heads, self.max_len, head_dim, dtype, device) for _ in dec.blocks]
@@ -94,7 +96,7 @@ class _DecodeState:
         causal = torch.ones(P, P, dtype=torch.bool, device=valid.device).tril()
         eye = torch.eye(P, dtype=torch.bool, device=valid.device)
         # pad queries attend only to themselves, which keeps softmax finite; their outputs are never used
-        mask = (causal & valid[:, None, None, :]) | eye  # [B, 1, P, P]
+        mask = (causal & valid[:, None, None, :]) | eye if self.padded else None  # [B, 1, P, P]
         need = self.maps is not None
         logits, w = self.model.decoder(self.prompt_ids, self.image_kv, positions, mask, self.caches, 0, need)
         self._store(w)
@@ -104,7 +106,7 @@ class _DecodeState:
     def step(self, tokens: Tensor) -> Tensor:
         """Feed tokens [B] at the next position; return next-token logits [B, V]."""
         self.key_valid[:, self.cur] = True
-        mask = self.key_valid[:, None, None, : self.cur + 1]  # [B, 1, 1, S]
+        mask = self.key_valid[:, None, None, : self.cur + 1] if self.padded else None  # [B, 1, 1, S]
         logits, w = self.model.decoder(
             tokens[:, None], self.image_kv, self.next_pos[:, None], mask, self.caches, self.cur, self.maps is not None
         )
@@ -232,9 +234,10 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
         top_scores, top_idx = cand.topk(n_cand, dim=-1)  # [B, 2K]
         top_beam, top_tok = top_idx // V, top_idx % V
         top_scores_l, top_beam_l, top_tok_l = top_scores.tolist(), top_beam.tolist(), top_tok.tolist()
-        next_beam = torch.zeros(B, K, dtype=torch.long)
-        next_tok = torch.full((B, K), eos, dtype=torch.long)
-        next_score = torch.full((B, K), float("-inf"))
+        # Python lists, made into tensors once per step (element-wise tensor writes cost ~B*K dispatches)
+        next_beam_l = [[0] * K for _ in range(B)]
+        next_tok_l = [[eos] * K for _ in range(B)]
+        next_score_l = [[float("-inf")] * K for _ in range(B)]
         seqs_l = seqs.tolist()
         for b in range(B):
             if done[b]:
@@ -249,18 +252,20 @@ def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: floa
                         maps = state.token_maps(b * K + beam, t)  # rows still follow seqs here
                         finished[b].append((s / (t + 1) ** length_penalty, seqs_l[b][beam], s, maps))
                     continue
-                next_beam[b, n], next_tok[b, n], next_score[b, n] = beam, tok, s
+                next_beam_l[b][n], next_tok_l[b][n], next_score_l[b][n] = beam, tok, s
                 n += 1
                 if n == K:
                     break
             finished[b].sort(key=lambda x: -x[0])
             del finished[b][K:]
-            best_running = float(next_score[b, 0])
+            best_running = next_score_l[b][0]
             if len(finished[b]) == K and (
                 best_running == float("-inf") or best_running / (t + 1) ** length_penalty <= finished[b][-1][0]
             ):
                 done[b] = True
-        next_beam, next_tok, next_score = next_beam.to(device), next_tok.to(device), next_score.to(device)
+        next_beam = torch.tensor(next_beam_l, dtype=torch.long, device=device)  # [B, K]
+        next_tok = torch.tensor(next_tok_l, dtype=torch.long, device=device)
+        next_score = torch.tensor(next_score_l, device=device)
         seqs = torch.cat(
             [seqs.gather(1, next_beam[:, :, None].expand(-1, -1, seqs.shape[2])), next_tok[:, :, None]], dim=2
         )
