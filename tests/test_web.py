@@ -166,6 +166,9 @@ def test_ask_and_caption_then_point_at_a_word_to_see_its_heatmap(
     page.hover("#rollout")
     expect(page.locator("#overlay")).to_have_attribute("data-shows", "rollout")
     assert overlay_alpha(page) > 0.2
+    page.set_viewport_size({"width": 1100, "height": 700})  # a resize redraws what the pointer is on
+    expect(page.locator("#overlay")).to_have_attribute("data-shows", "rollout")
+    assert overlay_alpha(page) > 0.2
     save_screenshot(page, tmp_path, "web-caption.png")
     assert not problems
 

@@ -11,6 +11,7 @@ const state = {
   file: null, // the chosen File
   attention: null, // the last answer's "attention" object
   pinned: null, // what a click keeps shown: a word index or "rollout"
+  shown: null, // what is drawn now: the pinned map or the one pointed at
 };
 
 // matplotlib's "jet", piecewise linear: t in [0, 1] -> [r, g, b] in 0..255
@@ -191,6 +192,7 @@ wire($("rollout"), "rollout");
 
 // Draw the map of `key` (a word index or "rollout"; default: the pinned one, if any) over the image.
 function draw(key = state.pinned) {
+  state.shown = key;
   const canvas = $("overlay");
   const img = $("preview");
   const scale = Math.min(window.devicePixelRatio || 1, MAX_CANVAS / Math.max(img.clientWidth, img.clientHeight, 1));
@@ -259,4 +261,4 @@ $("legend-bar").style.background = `linear-gradient(to right, ${Array.from({ len
   return `rgba(${r}, ${g}, ${b}, ${Math.max(0.05, (MAX_ALPHA * i) / 10)}) ${i * 10}%`;
 }).join(", ")})`;
 
-window.addEventListener("resize", () => draw());
+window.addEventListener("resize", () => draw(state.shown)); // the canvas follows the image's new size
