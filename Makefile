@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA := data/synthetic
 RUN := runs/demo
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# tests/test_web.py drives Debian's chromium (Playwright with executable_path, no downloaded browser): install
+# it when missing and we can (root with apt-get); without it the browser tests are skipped, saying why.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }; } || \
+		echo "chromium is not installed (needs root and apt-get): the browser tests will be skipped"
+
+test: lint browser
 	$(PY) -m pytest -q
 
 clean:

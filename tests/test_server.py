@@ -5,66 +5,35 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from queue import Queue
 from typing import Any
 
-import numpy as np
 import pytest
-from conftest import build_tiny_model, tiny_config
+import torch
 from PIL import Image
+from serving import b64, png, post_form, post_json, request, running_server, save_served_model
 
 from vision_attn import Pipeline
+from vision_attn.attention_maps import AttentionResult
 from vision_attn.cli import build_parser, main
-from vision_attn.data.tokenizer import save_tokenizer, train_tokenizer
 from vision_attn.litserve_ext import IdleWaitBatchedLoop
-from vision_attn.server import VQA_MIN_BEAMS, CaptionAPI, Item, Limits, Rejected, VqaAPI
+from vision_attn.server import ATTENTION_DECIMALS, VQA_MIN_BEAMS, CaptionAPI, Item, Limits, Rejected, VqaAPI
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_PIXELS, MAX_CHARS, MAX_BODY_MB = 100 * 100, 40, 0.25
-TEXTS = [
-    "what color is the circle?",
-    "how many objects are there?",
-    "a small red square on the left and a large blue circle at the top.",
-    "is there a green triangle?",
-    "red",
-    "blue",
-    "three",
-    "yes",
-] * 4
 QUESTIONS = ["what color is the circle?", "how many objects are there?", "is there a green triangle?", "where?"]
-
-
-def png(width: int, height: int, seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 IMAGES = [png(32 + 8 * i, 40 + 4 * i, seed=i) for i in range(6)]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model with varied, image-dependent outputs (seeded O(1) weights) and a real tokenizer."""
-    out = tmp_path_factory.mktemp("serve_model")
-    tok = train_tokenizer(TEXTS, vocab_size=120)
-    build_tiny_model(tiny_config(vocab_size=len(tok), max_len=64)).save_pretrained(out)
-    save_tokenizer(tok, out / "tokenizer.json")
-    return out
+    return save_served_model(tmp_path_factory.mktemp("serve_model"))
 
 
 @pytest.fixture(scope="module")
@@ -72,78 +41,13 @@ def pipe(model_dir: Path) -> Pipeline:
     return Pipeline.from_pretrained(model_dir, device="cpu")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`vision-attn serve` in a subprocess with small limits and batching on; yields its base URL."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "vision_attn.cli", "serve", "--model", str(model_dir), "--port", str(port)]
-    cmd += ["--max-pixels", str(MAX_PIXELS), "--max-question-chars", str(MAX_CHARS), "--max-body-mb", str(MAX_BODY_MB)]
-    cmd += ["--max-batch-size", "8", "--batch-timeout", "0.05", "--threads", "1", "--log-level", "warning"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    log_path = tmp_path_factory.mktemp("serve_log") / "stderr.txt"
-    log = log_path.open("w")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server did not become healthy within 90 s")
-            time.sleep(0.3)
+    args = ["--max-pixels", str(MAX_PIXELS), "--max-question-chars", str(MAX_CHARS), "--max-body-mb", str(MAX_BODY_MB)]
+    args += ["--max-batch-size", "8", "--batch-timeout", "0.05", "--threads", "1", "--log-level", "warning"]
+    with running_server(model_dir, args, tmp_path_factory.mktemp("serve_log")) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)  # the server shuts its worker processes down
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what this test started
-            proc.wait()
-        log.close()
-
-
-def request(url: str, body: bytes, content_type: str | None) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method="POST")
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def post_json(url: str, fields: dict[str, Any]) -> tuple[int, Any]:
-    return request(url, json.dumps(fields).encode(), "application/json")
-
-
-def post_form(url: str, fields: dict[str, Any]) -> tuple[int, Any]:
-    """multipart/form-data: bytes values are sent as files, the rest as text fields."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        if isinstance(value, bytes):
-            head = f'Content-Disposition: form-data; name="{name}"; filename="{name}.png"\r\nContent-Type: image/png'
-            parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + value + b"\r\n")
-        else:
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    return request(url, b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}")
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def expected_vqa(pipe: Pipeline, image: bytes, question: str, top_k: int | None) -> list[dict]:
@@ -183,6 +87,53 @@ def test_answers_and_captions_equal_the_pipeline(server: str, pipe: Pipeline) ->
     assert status == 200 and got["caption"] == pipe.caption(IMAGES[2], num_beams=2, max_new_tokens=48), got
 
 
+def expected_maps(pipe: Pipeline, image: bytes, question: str | None, beams: int) -> AttentionResult:
+    """What the server's `attention` must hold: Pipeline's maps for the same request."""
+    if question is None:
+        return pipe.caption(image, num_beams=beams, max_new_tokens=48, return_attention=True)
+    return pipe.answer(image, question, num_beams=beams, max_new_tokens=8, length_penalty=0.0, return_attention=True)
+
+
+def assert_same_maps(got: dict, want: AttentionResult) -> None:
+    """`got["attention"]` holds `want`'s words, each map and the rollout on its grid, rounded, each summing to ~1."""
+    att, (h, w) = got["attention"], want.grid
+    assert att["grid"] == [h, w] and att["text"] == want.text and att["layer"] == "mean"
+    assert [x["word"] for x in att["words"]] == want.words
+    tol = 0.5 * 10**-ATTENTION_DECIMALS + 1e-7  # rounding
+    for got_map, want_map in [*zip([x["map"] for x in att["words"]], want.word_maps, strict=True)] + [
+        (att["rollout"], want.rollout)
+    ]:
+        m = torch.tensor(got_map)
+        assert m.shape == (h, w)
+        assert float(m.sum()) == pytest.approx(1.0, abs=h * w * tol)
+        torch.testing.assert_close(m, want_map, atol=tol, rtol=0)
+
+
+def test_attention_maps_equal_the_pipeline(server: str, pipe: Pipeline) -> None:
+    """`return_attention` (JSON true or form "true") adds the maps of the answer; false or left out adds nothing."""
+    image, question = IMAGES[4], QUESTIONS[0]
+    for top_k, send in [(None, post_form), (3, post_json)]:
+        fields = {"image": image if send is post_form else b64(image), "question": question, "return_attention": True}
+        if top_k:
+            fields["top_k"] = top_k
+        if send is post_form:
+            fields["return_attention"] = "true"
+        status, got = send(f"{server}/v1/vqa", fields)
+        assert status == 200, got
+        assert_same_answers(got, expected_vqa(pipe, image, question, top_k))
+        want = expected_maps(pipe, image, question, max(top_k or 1, VQA_MIN_BEAMS))
+        assert want.words and got["attention"]["text"] == got["answer"]  # the maps are the best answer's
+        assert_same_maps(got, want)
+    status, got = post_json(f"{server}/v1/caption", {"image": b64(IMAGES[5]), "return_attention": True, "num_beams": 2})
+    assert status == 200, got
+    want = expected_maps(pipe, IMAGES[5], None, 2)
+    assert want.words and got["caption"] == want.text == pipe.caption(IMAGES[5], num_beams=2, max_new_tokens=48)
+    assert_same_maps(got, want)
+    for route, fields in [("vqa", {"image": image, "question": question}), ("caption", {"image": image})]:
+        status, got = post_form(f"{server}/v1/{route}", {**fields, "return_attention": "False"})
+        assert status == 200 and "attention" not in got, got
+
+
 def _big_png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (101, 100), (200, 30, 30)).save(buf, format="PNG")  # 10,100 pixels, a tiny file
@@ -202,6 +153,8 @@ BAD_REQUESTS = {  # name: (route, how to send, fields or raw body, expected stat
     "image not a string": (VQA, "json", {"image": 12, "question": "hi"}, 422, "'image' must be a file upload"),
     "top_k not an integer": (VQA, "form", {**GOOD, "top_k": "abc"}, 422, "'top_k' must be an integer"),
     "top_k a boolean": (VQA, "json", {"image": b64(IMAGES[0]), "question": "hi", "top_k": True}, 422, "integer"),
+    "return_attention not a boolean": (VQA, "form", {**GOOD, "return_attention": "yes"}, 422, "true or false"),
+    "return_attention a number": (CAPTION, "json", {"image": b64(IMAGES[0]), "return_attention": 1}, 422, "true or"),
     "top_k out of range": (VQA, "json", {"image": b64(IMAGES[0]), "question": "hi", "top_k": 0}, 422, "between 1"),
     "num_beams out of range": (CAPTION, "form", {"image": IMAGES[0], "num_beams": "99"}, 422, "between 1 and 8"),
     "invalid base64": (CAPTION, "json", {"image": "not base64!"}, 422, "not valid base64"),
@@ -290,6 +243,36 @@ def test_a_mixed_batch_equals_its_members_alone(model_dir: Path, pipe: Pipeline)
         if req["image"] != b64(b"junk"):
             want = expected_vqa(pipe, base64.b64decode(req["image"]), req["question"], req["top_k"])
             assert_same_answers(out, want)
+
+
+def test_a_batch_mixing_attention_and_plain_requests_equals_them_alone(model_dir: Path, pipe: Pipeline) -> None:
+    """In-process: `return_attention` and `top_k`/`num_beams` vary within one batch; each answer is Pipeline's."""
+    vqa = VqaAPI(str(model_dir), Limits(), max_batch_size=8)
+    vqa.setup("cpu")
+    combos = [(1, True), (3, False), (1, False), (2, True), (1, True)]
+    requests = [
+        {"image": b64(IMAGES[i]), "question": QUESTIONS[i % 4], "top_k": k, "return_attention": a}
+        for i, (k, a) in enumerate(combos)
+    ]
+    outputs = [vqa.encode_response(o) for o in vqa.predict([vqa.decode_request(r) for r in requests])]
+    for req, out, (top_k, attention) in zip(requests, outputs, combos, strict=True):
+        image = base64.b64decode(req["image"])
+        assert_same_answers(out, expected_vqa(pipe, image, req["question"], top_k))
+        assert ("attention" in out) == attention
+        if attention:
+            assert_same_maps(out, expected_maps(pipe, image, req["question"], max(top_k, VQA_MIN_BEAMS)))
+    cap = CaptionAPI(str(model_dir), Limits(), max_batch_size=8)
+    cap.setup("cpu")
+    combos = [(1, True), (2, False), (1, False), (2, True)]
+    requests = [{"image": b64(IMAGES[i]), "num_beams": b, "return_attention": a} for i, (b, a) in enumerate(combos)]
+    outputs = [cap.encode_response(o) for o in cap.predict([cap.decode_request(r) for r in requests])]
+    for req, out, (beams, attention) in zip(requests, outputs, combos, strict=True):
+        image = base64.b64decode(req["image"])
+        assert out["caption"] == pipe.caption(image, num_beams=beams, max_new_tokens=48)
+        if attention:
+            assert_same_maps(out, expected_maps(pipe, image, None, beams))
+        else:
+            assert "attention" not in out
 
 
 def test_questions_too_long_for_the_model_are_rejected(model_dir: Path) -> None:

@@ -7,8 +7,13 @@ error that any one of them raised. So `decode_request` never raises: it returns 
 `predict` runs the model on the good items only, and `encode_response` turns a `Rejected` into its 4xx.
 What else LitServe needed (a body guard, JSON errors, a batch loop that does not poll) is in `litserve_ext.py`.
 
-Requests with different `top_k` or `num_beams` may share a batch: `predict` groups them by that value, so a
-batched answer is always what `Pipeline` gives for the same image and question alone.
+Requests with different `top_k`, `num_beams` or `return_attention` may share a batch: `predict` groups them by
+those values, so a batched answer is always what `Pipeline` gives for the same image and question alone.
+
+With `return_attention`, an answer also holds `attention`: the decoder's cross-attention map of each word of the
+text over the patch grid, and the encoder's attention rollout (`attention_json`). On /v1/vqa the maps are those
+of the best answer, from the same beam search that ranks the `top_k` answers, so `top_k` may be anything.
+GET / is the web page that shows them (`web.py`).
 """
 
 from __future__ import annotations
@@ -32,17 +37,20 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from vision_attn.attention_maps import AttentionResult
 from vision_attn.config import ModelConfig
 from vision_attn.data.errors import ImageLoadError
 from vision_attn.data.images import load_image
 from vision_attn.data.tokenizer import load_tokenizer
 from vision_attn.inference import Pipeline
 from vision_attn.litserve_ext import BodyGuard, IdleWaitBatchedLoop, json_error
+from vision_attn.web import add_web_page
 
 VQA_PATH, CAPTION_PATH = "/v1/vqa", "/v1/caption"
 VQA_MIN_BEAMS = 3  # answers come from beam search with max(top_k, 3) beams, so `answer` does not depend on top_k
 MAX_TOP_K, MAX_CAPTION_BEAMS = 10, 8
 VQA_NEW_TOKENS, CAPTION_NEW_TOKENS = 8, 48
+ATTENTION_DECIMALS = 4  # attention weights in JSON: enough to draw a map, a fraction of the size of full floats
 _MAIN_PID = [0]  # the process that runs `serve`; set there
 
 
@@ -65,7 +73,7 @@ class Rejected:
 
 @dataclass
 class Item:
-    """A validated request: the decoded image and its parameters (question, top_k or num_beams)."""
+    """A validated request: the decoded image and its parameters (question, top_k or num_beams, return_attention)."""
 
     image: Image.Image
     params: dict[str, Any]
@@ -83,6 +91,14 @@ def _int_field(name: str, value: Any, low: int, high: int) -> int:
         raise _BadField(f"field '{name}' must be an integer, got {value!r}")
     if not low <= value <= high:
         raise _BadField(f"field '{name}' must be between {low} and {high}, got {value}")
+    return value
+
+
+def _bool_field(name: str, value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # form fields are strings
+        value = value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise _BadField(f"field '{name}' must be true or false, got {value!r}")
     return value
 
 
@@ -107,7 +123,7 @@ def _image_bytes(value: Any) -> bytes:
 class _VisionAttnAPI(ls.LitAPI):
     """One route over a `Pipeline`: validate each request, run the good ones batched, answer each."""
 
-    route_fields: tuple[str, ...] = ("image",)
+    route_fields: tuple[str, ...] = ("image", "return_attention")
 
     def __init__(self, model_dir: str, limits: Limits, threads: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -132,6 +148,8 @@ class _VisionAttnAPI(ls.LitAPI):
                 raise _BadField("field 'image' is missing")
             data = _image_bytes(request["image"])
             params = self.params(request)  # before decoding the image: cheap checks first
+            attention = request.get("return_attention")
+            params["return_attention"] = attention is not None and _bool_field("return_attention", attention)
             return Item(load_image(data, max_pixels=self.limits.max_pixels), params, start)
         except _BadField as e:
             return Rejected(422, str(e))
@@ -156,7 +174,8 @@ class _VisionAttnAPI(ls.LitAPI):
 
     @abstractmethod
     def group_key(self, item: Item) -> Any:
-        """What changes the output besides the input (top_k, num_beams): equal keys run as one model call."""
+        """What changes the output besides the input (top_k or num_beams, return_attention): equal keys run as one
+        model call."""
 
     @abstractmethod
     def run(self, key: Any, items: list[Item]) -> list[Any]:
@@ -174,9 +193,10 @@ class _VisionAttnAPI(ls.LitAPI):
 
 
 class VqaAPI(_VisionAttnAPI):
-    """POST /v1/vqa: `image`, `question`, optional `top_k` -> answer, ranked answers with probabilities."""
+    """POST /v1/vqa: `image`, `question`, optional `top_k`, `return_attention` -> answer, ranked answers with
+    probabilities, and the best answer's attention maps if asked."""
 
-    route_fields = ("image", "question", "top_k")
+    route_fields = ("image", "question", "top_k", "return_attention")
 
     def params(self, request: Any) -> dict[str, Any]:
         q = request.get("question")
@@ -199,40 +219,75 @@ class VqaAPI(_VisionAttnAPI):
         top_k = request.get("top_k")
         return {"question": q, "top_k": 1 if top_k is None else _int_field("top_k", top_k, 1, MAX_TOP_K)}
 
-    def group_key(self, item: Item) -> int:
-        return item.params["top_k"]
+    def group_key(self, item: Item) -> tuple[int, bool]:
+        return item.params["top_k"], item.params["return_attention"]
 
-    def run(self, key: int, items: list[Item]) -> list[Any]:
-        return self.pipe.answer(
-            [it.image for it in items],
-            [it.params["question"] for it in items],
-            top_k=key,
-            num_beams=max(key, VQA_MIN_BEAMS),
-            max_new_tokens=VQA_NEW_TOKENS,
-        )
+    def run(self, key: tuple[int, bool], items: list[Item]) -> list[Any]:
+        top_k, attention = key
+        images, questions = [it.image for it in items], [it.params["question"] for it in items]
+        beams = max(top_k, VQA_MIN_BEAMS)
+        ranked = self.pipe.answer(images, questions, top_k=top_k, num_beams=beams, max_new_tokens=VQA_NEW_TOKENS)
+        maps: list[AttentionResult | None] = [None] * len(items)
+        if attention:  # the same beam search, ranking by probability (no length penalty) as `top_k` does
+            maps = self.pipe.answer(
+                images,
+                questions,
+                num_beams=beams,
+                max_new_tokens=VQA_NEW_TOKENS,
+                length_penalty=0.0,
+                return_attention=True,
+            )
+        return list(zip(ranked, maps, strict=True))
 
-    def response(self, result: list[dict]) -> dict[str, Any]:
-        return {"answer": result[0]["answer"], "answers": result}
+    def response(self, result: tuple[list[dict], AttentionResult | None]) -> dict[str, Any]:
+        ranked, maps = result
+        return {"answer": ranked[0]["answer"], "answers": ranked, **({} if maps is None else attention_json(maps))}
 
 
 class CaptionAPI(_VisionAttnAPI):
-    """POST /v1/caption: `image`, optional `num_beams` -> caption."""
+    """POST /v1/caption: `image`, optional `num_beams`, `return_attention` -> caption, and its attention maps if
+    asked."""
 
-    route_fields = ("image", "num_beams")
+    route_fields = ("image", "num_beams", "return_attention")
 
     def params(self, request: Any) -> dict[str, Any]:
         beams = request.get("num_beams")
         return {"num_beams": 1 if beams is None else _int_field("num_beams", beams, 1, MAX_CAPTION_BEAMS)}
 
-    def group_key(self, item: Item) -> int:
-        return item.params["num_beams"]
+    def group_key(self, item: Item) -> tuple[int, bool]:
+        return item.params["num_beams"], item.params["return_attention"]
 
-    def run(self, key: int, items: list[Item]) -> list[Any]:
+    def run(self, key: tuple[int, bool], items: list[Item]) -> list[Any]:
+        beams, attention = key
         new_tokens = min(CAPTION_NEW_TOKENS, self.max_len - 2)  # the caption prompt is <bos> <caption>
-        return self.pipe.caption([it.image for it in items], num_beams=key, max_new_tokens=new_tokens)
+        images = [it.image for it in items]
+        return self.pipe.caption(images, num_beams=beams, max_new_tokens=new_tokens, return_attention=attention)
 
-    def response(self, result: str) -> dict[str, Any]:
+    def response(self, result: str | AttentionResult) -> dict[str, Any]:
+        if isinstance(result, AttentionResult):
+            return {"caption": result.text, **attention_json(result)}
         return {"caption": result}
+
+
+def attention_json(result: AttentionResult) -> dict[str, Any]:
+    """`{"attention": ...}` for an answer: the text the maps are of, the patch grid [h, w], per word its map
+    (h rows of w weights; each map sums to 1), the encoder rollout (also [h][w], sums to 1) and the decoder
+    layer shown ("mean" of all, or an index). Weights are rounded to `ATTENTION_DECIMALS` decimals."""
+
+    def rounded(m: torch.Tensor) -> list[list[float]]:  # [h, w]
+        return [[round(v, ATTENTION_DECIMALS) for v in row] for row in m.tolist()]
+
+    words = [{"word": w, "map": rounded(m)} for w, m in zip(result.words, result.word_maps, strict=True)]
+    rollout = rounded(result.rollout)
+    return {
+        "attention": {
+            "text": result.text,
+            "grid": list(result.grid),
+            "layer": result.layer,
+            "words": words,
+            "rollout": rollout,
+        }
+    }
 
 
 def check_model_dir(model_dir: str | Path) -> ModelConfig:
@@ -260,6 +315,7 @@ def _field_schema(api: _VisionAttnAPI, multipart: bool) -> dict[str, Any]:
     for name, (low, high, default) in ints.items():
         if name in api.route_fields:
             props[name] = {"type": "integer", "minimum": low, "maximum": high, "default": default}
+    props["return_attention"] = {"type": "boolean", "default": False, "description": "add the attention maps"}
     required = [n for n in ("image", "question") if n in api.route_fields]
     return {"schema": {"type": "object", "properties": props, "required": required}}
 
@@ -274,7 +330,8 @@ def build_server(
     timeout: float = 60.0,
     threads: int = 0,
 ) -> ls.LitServer:
-    """A LitServer with POST /v1/vqa and /v1/caption on the model in `model_dir`; `run()` starts it."""
+    """A LitServer with POST /v1/vqa and /v1/caption on the model in `model_dir`, and the web page at GET /;
+    `run()` starts it."""
     config, limits = check_model_dir(model_dir), limits or Limits()
     if not threads:  # share the cores among the model processes: more threads than cores slows torch a lot
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -296,6 +353,7 @@ def build_server(
         model_metadata={"image_size": config.encoder.image_size, "max_len": config.decoder.max_len, **vars(limits)},
     )
     server.app.add_exception_handler(HTTPException, json_error)
+    add_web_page(server.app)
     docs: dict[str, tuple[_VisionAttnAPI, str]] = {
         VQA_PATH: (apis[0], "Answer a question about an image"),
         CAPTION_PATH: (apis[1], "Caption an image"),
