@@ -1,7 +1,7 @@
 """Caption latency: our `generate` vs the Hugging Face VisionEncoderDecoder peer's `generate()`.
 
     python -m benchmarks.generate_latency                  # GPU: ViT-B/16 + 12x768 decoder, bf16 weights
-    python -m benchmarks.generate_latency --device cpu --model-dir /work/shared_runs/demo_model   # CPU, demo size
+    python -m benchmarks.generate_latency --device cpu --model-dir runs/demo/model   # CPU, demo size
 
 Both sides encode the images and then decode 20 new tokens after the same two-token caption prompt
 (<bos> <caption>), greedy and beam search with 3 beams, at batch 1 and 64 (CPU ViT-B: 1 and 4).

@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "serve",
-        help="HTTP API: POST /v1/vqa, POST /v1/caption, GET /health, /openapi.json (docs at /docs)",
+        help="HTTP API (POST /v1/vqa, POST /v1/caption, GET /health, /openapi.json) and the attention page at /",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     s.add_argument("--model", required=True, help="model folder from `vision-attn export`")
