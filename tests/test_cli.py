@@ -304,3 +304,27 @@ def test_pipeline_bf16_autocast_is_off_on_cpu_by_default_and_works_when_asked(
     assert isinstance(caption, str)
     assert 0 < sum(r["probability"] for r in ranked) <= 1 + 1e-6
     assert next(pipe.model.parameters()).dtype == torch.float32  # weights stay float32
+
+
+def test_answer_encodes_an_image_asked_several_questions_once(
+    model_dir: Path, synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:2]]
+    qs = ["what color is the circle?", "how many objects are there?", "is there a red square?"]
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu")
+    alone = {
+        "plain": [pipe.answer(paths[0], q) for q in qs] + [pipe.answer(paths[1], qs[0])],
+        "top_k": [pipe.answer(paths[0], q, top_k=2) for q in qs] + [pipe.answer(paths[1], qs[0], top_k=2)],
+        "cands": [pipe.answer(paths[0], q, candidates=["red", "2"]) for q in qs]
+        + [pipe.answer(paths[1], qs[0], candidates=["red", "2"])],
+    }
+    calls: list[object] = []
+    preprocess = pipe.preprocess
+    monkeypatch.setattr(pipe, "preprocess", lambda im: calls.append(im) or preprocess(im))
+    images, questions = [paths[0]] * 3 + [paths[1]], [*qs, qs[0]]
+    assert pipe.answer(images, questions) == alone["plain"]
+    assert calls == paths  # each image once, in order of first appearance
+    assert pipe.answer(images, questions, top_k=2) == alone["top_k"]
+    assert pipe.answer(images, questions, candidates=["red", "2"]) == alone["cands"]
+    maps = pipe.answer(images, questions, return_attention=True)
+    assert [m.text for m in maps] == alone["plain"]

@@ -82,6 +82,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _image_key(image: ImageInput) -> Any:
+    """Equal keys = the same image: a path by its text, anything else by identity."""
+    return ("path", str(image)) if isinstance(image, str | Path) else ("object", id(image))
+
+
 class Pipeline:
     """Caption images and answer questions with an exported model folder.
 
@@ -202,16 +207,31 @@ class Pipeline:
             raise ValueError("return_attention maps a generated answer: use it without top_k and candidates")
         out: list[Any] = []
         for sl in self._batches(len(qs)):
-            x = torch.stack([self.preprocess(im) for im in ims[sl]]).to(self.device)
+            # an image asked several questions (the same object or path) is preprocessed and encoded once
+            slots: dict[Any, int] = {}
+            index = [slots.setdefault(_image_key(im), len(slots)) for im in ims[sl]]
+            firsts = {slot: im for im, slot in zip(ims[sl], index, strict=True)}
+            x = torch.stack([self.preprocess(firsts[slot]) for slot in range(len(slots))]).to(self.device)
+            image_index = torch.tensor(index, device=self.device)
             with self._autocast():
                 out += self._answer_batch(
-                    x, qs[sl], num_beams, max_new_tokens, top_k, candidates, return_attention, attention_layer, gen
+                    x,
+                    image_index,
+                    qs[sl],
+                    num_beams,
+                    max_new_tokens,
+                    top_k,
+                    candidates,
+                    return_attention,
+                    attention_layer,
+                    gen,
                 )
         return out[0] if single else out
 
     def _answer_batch(
         self,
         x: Tensor,
+        image_index: Tensor,
         qs: list[str],
         num_beams: int,
         max_new_tokens: int,
@@ -221,20 +241,24 @@ class Pipeline:
         attention_layer: AttentionLayer,
         gen: dict[str, Any],
     ) -> list[Any]:
-        """One batch of `answer`: x [B, 3, S, S], question i about image i."""
+        """One batch of `answer`: x [B_img, 3, S, S]; question i is about image image_index[i]."""
         if candidates is not None:
-            return [r[:top_k] for r in self._rank_candidates(x, qs, list(candidates))]
-        if top_k is not None:
-            return self._top_k(x, qs, top_k, max(top_k, num_beams, 2), max_new_tokens)  # 1 beam = greedy: no ranking
+            return [r[:top_k] for r in self._rank_candidates(x, image_index, qs, list(candidates))]
+        if top_k is not None:  # 1 beam = greedy, which ranks nothing
+            return self._top_k(x, image_index, qs, top_k, max(top_k, num_beams, 2), max_new_tokens)
         gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, **gen}
         if return_attention:
             prompts = [self.codec.vqa_prompt(q) for q in qs]
-            return generate_with_attention(self.model, self.codec, x, prompts, None, attention_layer, **gen)
-        return generate_answers(self.model, self.codec, x, qs, **gen)
+            return generate_with_attention(self.model, self.codec, x, prompts, image_index, attention_layer, **gen)
+        return generate_answers(self.model, self.codec, x, qs, image_index, **gen)
 
-    def _top_k(self, images: Tensor, questions: list[str], k: int, beams: int, max_new: int) -> list[list[dict]]:
+    def _top_k(
+        self, images: Tensor, image_index: Tensor, questions: list[str], k: int, beams: int, max_new: int
+    ) -> list[list[dict]]:
         prompts = [self.codec.vqa_prompt(q) for q in questions]
-        res = generate(self.model, images, prompts, max_new_tokens=max_new, num_beams=beams, length_penalty=0.0)
+        res = generate(
+            self.model, images, prompts, image_index, max_new_tokens=max_new, num_beams=beams, length_penalty=0.0
+        )
         out = []
         for hyps in res.hypotheses:
             ranked: dict[str, float] = {}
@@ -243,11 +267,13 @@ class Pipeline:
             out.append([{"answer": a, "probability": p} for a, p in list(ranked.items())[:k]])
         return out
 
-    def _rank_candidates(self, images: Tensor, questions: list[str], candidates: list[str]) -> list[list[dict]]:
+    def _rank_candidates(
+        self, images: Tensor, image_index: Tensor, questions: list[str], candidates: list[str]
+    ) -> list[list[dict]]:
         prompts = [self.codec.vqa_prompt(q) for q in questions]
         conts = [self.codec.encode(c) + [self.codec.eos] for c in candidates]
         n, m = len(questions), len(candidates)
-        index = torch.arange(n, device=images.device).repeat_interleave(m)  # each image with every candidate
+        index = image_index.repeat_interleave(m)  # each question's image with every candidate
         logp = score_continuations(self.model, images, [p for p in prompts for _ in range(m)], conts * n, index)
         out = []
         for i in range(n):
