@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from vision_attn.attention_maps import AttentionResult
 
 log = logging.getLogger("vision_attn")
@@ -68,12 +70,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from vision_attn.data.errors import ImageLoadError
-    from vision_attn.data.images import find_images
-    from vision_attn.inference import Pipeline, generate_captions, generate_with_attention
+    from vision_attn.data.images import find_images, load_image
+    from vision_attn.inference import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
     paths = find_images(args.paths)
@@ -81,30 +82,27 @@ def cmd_caption(args: argparse.Namespace) -> int:
     pictures = _PictureNames(args.attention_dir)
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16)
     for start in range(0, len(paths), args.batch_size):
-        good, tensors = [], []
-        for path in paths[start : start + args.batch_size]:
+        chunk, loaded = paths[start : start + args.batch_size], []
+        for path in chunk:
             try:
-                tensors.append(pipe.preprocess(path))
-                good.append(path)
+                loaded.append((path, load_image(path)))
             except ImageLoadError as e:  # one line naming the file; the rest are still captioned
                 tqdm.write(f"error: {e}", file=sys.stderr)
                 failed += 1
-        if good:
-            x, gen = torch.stack(tensors).to(pipe.device), {"num_beams": args.num_beams, "max_new_tokens": 48}
-            with torch.inference_mode():
-                if pictures.folder is None:
-                    caps, results = generate_captions(pipe.model, pipe.codec, x, **gen), []
-                else:
-                    prompts = [pipe.codec.caption_prompt()] * len(good)
-                    layer = args.attention_layer
-                    results = generate_with_attention(pipe.model, pipe.codec, x, prompts, attention_layer=layer, **gen)
-                    caps = [r.text for r in results]
-            for i, (path, cap) in enumerate(zip(good, caps, strict=True)):
-                row = {"image": str(path), "caption": cap}
-                if results:  # a picture per image, named in a third column
-                    row["attention_png"] = str(pictures.save(path, results[i], ".png"))
+        if loaded:
+            maps = pictures.folder is not None
+            results = pipe.caption(
+                [image for _, image in loaded],
+                num_beams=args.num_beams,
+                return_attention=maps,
+                attention_layer=args.attention_layer,
+            )
+            for (path, image), res in zip(loaded, results, strict=True):
+                row = {"image": str(path), "caption": res.text if maps else res}
+                if maps:  # a picture per image, named in a third column
+                    row["attention_png"] = str(pictures.save(path, image, res, ".png"))
                 print(json.dumps(row) if args.json else "\t".join(row.values()), flush=True)
-        bar.update(len(paths[start : start + args.batch_size]))
+        bar.update(len(chunk))
     bar.close()
     return 1 if failed else 0
 
@@ -117,8 +115,10 @@ class _PictureNames:
         self.folder = Path(folder) if folder is not None else None
         self.used: set[str] = set()
 
-    def save(self, image_path: str | Path, result: AttentionResult, suffix: str, title: str | None = None) -> Path:
-        from vision_attn.data.images import load_image
+    def save(
+        self, image_path: str | Path, image: Image.Image, result: AttentionResult, suffix: str, title: str | None = None
+    ) -> Path:
+        """Draw `result` over `image` (loaded from `image_path`, which names the picture)."""
         from vision_attn.visualize import save_attention_figure
 
         assert self.folder is not None
@@ -126,7 +126,7 @@ class _PictureNames:
         while (name := f"{stem}{f'_{n}' if n > 1 else ''}{suffix}") in self.used:
             n += 1
         self.used.add(name)
-        return save_attention_figure(load_image(image_path), result, self.folder / name, title)
+        return save_attention_figure(image, result, self.folder / name, title)
 
 
 def _layer(value: str) -> int | str:
@@ -140,6 +140,7 @@ def _layer(value: str) -> int | str:
 
 
 def cmd_vqa(args: argparse.Namespace) -> int:
+    from vision_attn.data.images import load_image
     from vision_attn.inference import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
@@ -165,7 +166,7 @@ def cmd_vqa(args: argparse.Namespace) -> int:
         args.image, args.question, num_beams=args.num_beams, return_attention=True, attention_layer=args.attention_layer
     )
     title = f"Q: {args.question}   A: {res.text}"
-    png = _PictureNames(args.attention_dir).save(args.image, res, ".vqa.png", title)
+    png = _PictureNames(args.attention_dir).save(args.image, load_image(args.image), res, ".vqa.png", title)
     row = {"image": args.image, "question": args.question, "answer": res.text, "attention_png": str(png)}
     print(json.dumps(row) if args.json else f"{res.text}\t{png}")
     return 0
