@@ -12,9 +12,9 @@ Ours at the demo size is the trained demo model (`--model-dir`; its encoder has 
 patch projection) or, without `--model-dir`, a random model of the same shape; the peer is random, same shape.
 Weights are bf16 on a GPU and float32 on CPU for both. Latency is the median over repetitions; on CPU ours and
 the peer alternate call by call (a shared machine slows both alike), on a GPU each runs alone.
-`ours_static` (greedy only): the fixed-shape decoder of `benchmarks/static_decode.py`, its step compiled once
-(a CUDA graph on a GPU, inductor C++ kernels on CPU; compilation happens in the untimed calls): a candidate for
-`vision_attn/generation.py`, measured here.
+`ours_compiled`: our `generate` with a `CompiledDecoder` (what `Pipeline` uses on a GPU): each token's step is
+compiled once per shape (replayed as a CUDA graph on a GPU, inductor C++ kernels on CPU; compilation happens
+in the untimed calls).
 """
 
 from __future__ import annotations
@@ -43,12 +43,11 @@ from benchmarks.common import (
     time_interleaved,
     write_results,
 )
-from benchmarks.static_decode import StaticGreedy
-from vision_attn.generation import generate
+from vision_attn.generation import CompiledDecoder, generate
 from vision_attn.models import VisionAttnModel
 
 log = logging.getLogger("benchmarks.generate_latency")
-VARIANTS = ("peer", "ours", "ours_static")
+VARIANTS = ("peer", "ours", "ours_compiled")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,7 +60,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="timed calls per case (default: 20 on a GPU, 10 on CPU)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default: 3 on a GPU, 2 on CPU)")
     p.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)")
-    p.add_argument("--no-compile-static", dest="compile_static", action="store_false", help="ours_static eager")
     p.add_argument("--out", type=Path, help="results json (default: benchmarks/results/generate_<cpu|cuda>.json)")
     args = p.parse_args(argv)
     setup(args)
@@ -101,7 +99,7 @@ def load_peer(size: Size, device: torch.device, dtype: torch.dtype) -> torch.nn.
     return model.to(device=device, dtype=dtype).eval()
 
 
-def callers(args: argparse.Namespace, ours, peer, batch: int, beams: int) -> dict[str, Any]:
+def callers(args: argparse.Namespace, ours, compiled, peer, batch: int, beams: int) -> dict[str, Any]:
     """One zero-argument call per variant for this case; each returns the new tokens of every output."""
     size, device, dtype = args.size, args.device, next(ours.parameters()).dtype
     g = torch.Generator().manual_seed(batch)
@@ -109,8 +107,11 @@ def callers(args: argparse.Namespace, ours, peer, batch: int, beams: int) -> dic
     prompt_ids = torch.tensor([PROMPT] * batch, device=device)
     n = args.new_tokens
     fns: dict[str, Any] = {}
-    if "ours" in args.variants:
-        fns["ours"] = lambda: generate(ours, images, [PROMPT] * batch, max_new_tokens=n, num_beams=beams).sequences
+    for name, comp in (("ours", None), ("ours_compiled", compiled)):
+        if name in args.variants:
+            fns[name] = lambda comp=comp: (
+                generate(ours, images, [PROMPT] * batch, max_new_tokens=n, num_beams=beams, compiled=comp).sequences
+            )
     if "peer" in args.variants:
 
         @torch.inference_mode()
@@ -121,9 +122,6 @@ def callers(args: argparse.Namespace, ours, peer, batch: int, beams: int) -> dic
             return out[:, len(PROMPT) :].tolist()
 
         fns["peer"] = run_peer
-    if "ours_static" in args.variants and beams == 1:
-        static = StaticGreedy(ours, batch, PROMPT, n, compile=args.compile_static)
-        fns["ours_static"] = lambda: static(images)
     return fns
 
 
@@ -139,10 +137,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     ours = load_ours(size, args.model_dir, device, dtype)
     peer = load_peer(size, device, dtype)
+    compiled = CompiledDecoder(ours) if "ours_compiled" in args.variants else None
     rows: list[dict[str, Any]] = []
     for batch in args.batch_sizes:
         for beams in args.beams:
-            fns = callers(args, ours, peer, batch, beams)
+            fns = callers(args, ours, compiled, peer, batch, beams)
             tokens = {name: fn() for name, fn in fns.items()}  # checked once per case, outside the timing
             for name, seqs in tokens.items():
                 if [len(s) for s in seqs] != [args.new_tokens] * batch:

@@ -112,13 +112,23 @@ def test_self_attention_left_padded_mask_matches_reference(
 def test_self_attention_with_cache_matches_full_causal(
     self_attn: SelfAttention, dtype: torch.dtype, tol: float
 ) -> None:
+    """Prefill 3 tokens, then one at a time, each reading the whole cache (T + 2 slots) under a key mask."""
     attn = self_attn.to(dtype)
     x = _x(B, T, C).to(dtype)
     full = attn(x)
-    cache = KVCache(B, H, T + 2, D, dtype, "cpu")
-    prefix = attn(x[:, :3], cache=cache, pos=0)  # prefill: causal over the first 3 tokens
-    steps = [attn(x[:, t : t + 1], cache=cache, pos=t) for t in range(3, T)]  # one token at a time
+    L = T + 2
+    cache = KVCache(B, H, L, D, dtype, "cpu")
+    keys = torch.arange(L)
+    prefix_mask = (keys[None, :] <= torch.arange(3)[:, None]).expand(B, 1, 3, L)  # causal over the first 3
+    prefix = attn(x[:, :3], prefix_mask, cache, torch.arange(3))
+    steps = [attn(x[:, t : t + 1], (keys <= t).expand(B, 1, 1, L), cache, torch.tensor([t])) for t in range(3, T)]
     torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, atol=tol, rtol=tol)
+
+
+def test_self_attention_over_a_cache_needs_a_mask_and_slots(self_attn: SelfAttention) -> None:
+    cache = KVCache(B, H, T, D, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="slots to write and a key mask"):
+        self_attn(_x(B, 1, C).float(), cache=cache, slots=torch.tensor([0]))
 
 
 @pytest.mark.parametrize("dtype,tol", DTYPES_TOL)
@@ -167,44 +177,43 @@ def test_attention_weights_causal_aligns_queries_to_the_last_keys() -> None:
     torch.testing.assert_close(w.sum(-1), torch.ones(1, H, T, dtype=torch.float64))
 
 
-def test_kv_cache_writes_at_position_and_returns_prefix() -> None:
+def test_kv_cache_writes_at_slots_and_returns_the_whole_buffer() -> None:
     cache = KVCache(2, H, 6, D, torch.float32, "cpu")
     k1, v1 = torch.randn(2, H, 3, D), torch.randn(2, H, 3, D)
-    k, v = cache.update(k1, v1, pos=0)
-    assert k.shape == v.shape == (2, H, 3, D)
+    k, v = cache.update(k1, v1, torch.arange(3))
+    assert k.shape == v.shape == (2, H, 6, D)
+    assert k.data_ptr() == cache.k.data_ptr()  # the buffer itself: same address every step
     k2, v2 = torch.randn(2, H, 1, D), torch.randn(2, H, 1, D)
-    k, v = cache.update(k2, v2, pos=3)
-    assert k.shape == (2, H, 4, D)
-    torch.testing.assert_close(k, torch.cat([k1, k2], 2), atol=0, rtol=0)
-    torch.testing.assert_close(v, torch.cat([v1, v2], 2), atol=0, rtol=0)
-    assert (cache.k[:, :, 4:] == 0).all()  # nothing written past the end
+    k, v = cache.update(k2, v2, torch.tensor([3]))
+    torch.testing.assert_close(k[:, :, :4], torch.cat([k1, k2], 2), atol=0, rtol=0)
+    torch.testing.assert_close(v[:, :, :4], torch.cat([v1, v2], 2), atol=0, rtol=0)
+    assert (cache.k[:, :, 4:] == 0).all()  # nothing written past the slots
     # overwriting a slot replaces it
     k3 = torch.randn(2, H, 1, D)
-    k, _ = cache.update(k3, k3, pos=1)
+    k, _ = cache.update(k3, k3, torch.tensor([1]))
     torch.testing.assert_close(k[:, :, 1:2], k3, atol=0, rtol=0)
     torch.testing.assert_close(k[:, :, :1], k1[:, :, :1], atol=0, rtol=0)
 
 
-def test_kv_cache_reorder_selects_rows() -> None:
-    cache = KVCache(3, H, 4, D, torch.float32, "cpu")
-    k, v = torch.randn(3, H, 2, D), torch.randn(3, H, 2, D)
-    cache.update(k, v, pos=0)
+def test_kv_cache_reorder_selects_rows_in_place() -> None:
+    cache = KVCache(4, H, 4, D, torch.float32, "cpu")
+    k, v = torch.randn(4, H, 2, D), torch.randn(4, H, 2, D)
+    cache.update(k, v, torch.arange(2))
+    address = cache.k.data_ptr(), cache.v.data_ptr()
     cache.reorder(torch.tensor([2, 2, 0, 1]))
-    assert cache.k.shape == (4, H, 4, D)
+    assert (cache.k.data_ptr(), cache.v.data_ptr()) == address
     torch.testing.assert_close(cache.k[:, :, :2], k[[2, 2, 0, 1]], atol=0, rtol=0)
     torch.testing.assert_close(cache.v[:, :, :2], v[[2, 2, 0, 1]], atol=0, rtol=0)
     assert cache.max_len == 4
     # later writes go to the reordered batch
     k_new = torch.randn(4, H, 1, D)
-    k_all, _ = cache.update(k_new, k_new, pos=2)
-    torch.testing.assert_close(k_all, torch.cat([k[[2, 2, 0, 1]], k_new], 2), atol=0, rtol=0)
+    k_all, _ = cache.update(k_new, k_new, torch.tensor([2]))
+    torch.testing.assert_close(k_all[:, :, :3], torch.cat([k[[2, 2, 0, 1]], k_new], 2), atol=0, rtol=0)
 
 
 def test_kv_cache_overflow_raises() -> None:
     cache = KVCache(1, H, 4, D, torch.float32, "cpu")
-    cache.update(torch.zeros(1, H, 3, D), torch.zeros(1, H, 3, D), pos=0)
-    cache.update(torch.zeros(1, H, 1, D), torch.zeros(1, H, 1, D), pos=3)  # fills it exactly
-    with pytest.raises(ValueError, match="overflow"):
-        cache.update(torch.zeros(1, H, 1, D), torch.zeros(1, H, 1, D), pos=4)
-    with pytest.raises(ValueError, match="overflow"):
-        cache.update(torch.zeros(1, H, 2, D), torch.zeros(1, H, 2, D), pos=3)
+    cache.update(torch.zeros(1, H, 3, D), torch.zeros(1, H, 3, D), torch.arange(3))
+    cache.update(torch.zeros(1, H, 1, D), torch.zeros(1, H, 1, D), torch.tensor([3]))  # fills it exactly
+    with pytest.raises(IndexError):
+        cache.update(torch.zeros(1, H, 1, D), torch.zeros(1, H, 1, D), torch.tensor([4]))

@@ -288,6 +288,19 @@ def test_caption_command_batches_equal_single(
     assert lines == [f"{p}\t{pipe.caption(p)}" for p in paths]
 
 
+def test_caption_command_compiled_equals_uncompiled(
+    model_dir: Path, synthetic_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--compile (5 images: one batch, padded to 8 rows) gives the uncompiled captions."""
+    paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[5:10]]
+    args = ["caption", "--model", str(model_dir), "--device", "cpu", *paths]
+    assert main(args) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert main([*args[:-5], "--compile", *paths]) == 0
+    assert capsys.readouterr().out.splitlines() == plain
+    assert len(plain) == 5 and all(len(line.split("\t")[1]) > 0 for line in plain)
+
+
 def test_pipeline_bf16_autocast_is_off_on_cpu_by_default_and_works_when_asked(
     model_dir: Path, synthetic_root: Path
 ) -> None:

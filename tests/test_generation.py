@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from vision_attn.generation import _DecodeState, generate
+from vision_attn.generation import CompiledDecoder, _DecodeState, generate
 from vision_attn.models import VisionAttnModel
 
 EOS = 2  # the tiny models use the default special ids (pad 0, bos 1, eos 2)
@@ -17,18 +17,19 @@ EOS = 2  # the tiny models use the default special ids (pad 0, bos 1, eos 2)
 PROMPTS = [[1, 3], [1, 4, 7, 9, 11, 5], [1], [1, 4, 20, 5]]
 
 
-def eos_hook(model: VisionAttnModel, rule: Callable[[int, int], float]) -> torch.utils.hooks.RemovableHandle:
+def eos_hook(
+    model: VisionAttnModel, members: int, rule: Callable[[int, int], float]
+) -> torch.utils.hooks.RemovableHandle:
     """Set the EOS logit of member b at decoder call c (0 = prefill) to rule(c, b).
 
     Rows of the logits are members, or K consecutive beams of each member in beam search, so member b owns
-    rows b*k .. b*k + k - 1 with k = rows // members (the number of members is fixed by the first call).
+    rows b*k .. b*k + k - 1 with k = rows // members.
     """
-    calls = {"n": 0, "members": None}
+    calls = {"n": 0}
 
     def hook(_mod: torch.nn.Module, _inp: tuple, out: Tensor) -> Tensor:
         c = calls["n"]
         calls["n"] += 1
-        members = calls["members"] = calls["members"] or out.shape[0]
         k = out.shape[0] // members
         out = out.clone()
         for b in range(members):
@@ -237,7 +238,7 @@ def test_eos_stops_only_its_member(tiny_model: VisionAttnModel, images: Tensor, 
     kw = {"max_new_tokens": 8, "num_beams": num_beams}
     with no_eos(tiny_model):
         free = generate(tiny_model, images[:3], PROMPTS[:3], **kw)
-    with eos_hook(tiny_model, lambda c, b: 1e4 if (b == 1 and c >= 2) else float("-inf")):
+    with eos_hook(tiny_model, 3, lambda c, b: 1e4 if (b == 1 and c >= 2) else float("-inf")):
         forced = generate(tiny_model, images[:3], PROMPTS[:3], **kw)
     assert [len(s) for s in forced.sequences] == [8, 2, 8]
     assert forced.sequences[0] == free.sequences[0] and forced.sequences[2] == free.sequences[2]
@@ -353,3 +354,33 @@ def test_beam_hypotheses_are_ranked_and_hold_the_best(tiny_model: VisionAttnMode
     for seq, hyps in zip(out.sequences, out.hypotheses, strict=True):
         assert 1 <= len(hyps) <= 4 and hyps[0][0] == seq
         assert all(logp <= 0 for _, logp in hyps)
+
+
+# -------------------------------------------------------------------------------------- compiled decoding
+
+
+def test_compiled_decoder_gives_the_tokens_of_eager_decoding(tiny_model: VisionAttnModel, images: Tensor) -> None:
+    """torch.compile on CPU (CUDA graphs on a GPU): greedy and beams, left-padded prompts, batches padded to 4.
+
+    The same decoder serves calls of different batch sizes, and a call after another of the same shape
+    reuses the first one's buffers.
+    """
+    compiled = CompiledDecoder(tiny_model)
+    index = torch.tensor([0, 1, 1, 2, 3])
+    cases = [
+        {"prompts": PROMPTS[:3], "num_beams": 1},  # 3 rows, padded to 4
+        {"prompts": [PROMPTS[1], PROMPTS[0], PROMPTS[3]], "num_beams": 1},  # the same shape again
+        {"prompts": PROMPTS + [PROMPTS[2]], "num_beams": 1, "image_index": index},  # 5 rows, padded to 8
+        {"prompts": PROMPTS[:3], "num_beams": 3},  # 4 x 3 rows
+    ]
+    for case in cases:
+        case = dict(case)
+        n = len(case["prompts"])
+        imgs = images if "image_index" in case else images[:n]
+        kw = {"max_new_tokens": 10, "num_beams": case.pop("num_beams"), **case}
+        eager = generate(tiny_model, imgs, **kw)
+        fast = generate(tiny_model, imgs, compiled=compiled, **kw)
+        assert fast.sequences == eager.sequences
+        assert fast.scores == pytest.approx(eager.scores, abs=1e-4)
+        assert len(fast.sequences) == n and any(len(s) >= 3 for s in fast.sequences)
+    assert len(compiled._buffers) == 3  # rows 4, 8 and 12: the repeated shape reused its buffers

@@ -65,16 +65,21 @@ def test_decoder_is_causal(tiny_model: VisionAttnModel, images: Tensor) -> None:
 def test_decoder_with_caches_and_default_positions_equals_full_forward(
     tiny_model: VisionAttnModel, images: Tensor
 ) -> None:
-    """The decoder's own incremental path: caches written at `pos`, positions defaulting to pos..pos+T-1."""
+    """The decoder's own incremental path: caches written at `slots`, positions defaulting to the slots."""
     dec, cfg = tiny_model.decoder, tiny_model.config.decoder
     ids = _ids(4, 9)
+    L = cfg.max_len
+    keys = torch.arange(L)
     with torch.no_grad():
         kv = dec.image_kv(tiny_model.encode(images))
         full, _ = dec(ids, kv)
         head = cfg.dim // cfg.num_heads
-        caches = [KVCache(4, cfg.num_heads, cfg.max_len, head, torch.float32, "cpu") for _ in dec.blocks]
-        parts = [dec(ids[:, :4], kv, caches=caches, pos=0)[0]]
-        parts += [dec(ids[:, t : t + 1], kv, caches=caches, pos=t)[0] for t in range(4, 9)]
+        caches = [KVCache(4, cfg.num_heads, L, head, torch.float32, "cpu") for _ in dec.blocks]
+        prefill_mask = (keys[None, :] <= torch.arange(4)[:, None]).expand(4, 1, 4, L)
+        parts = [dec(ids[:, :4], kv, mask=prefill_mask, caches=caches, slots=torch.arange(4))[0]]
+        for t in range(4, 9):
+            mask = (keys <= t).expand(4, 1, 1, L)
+            parts.append(dec(ids[:, t : t + 1], kv, mask=mask, caches=caches, slots=torch.tensor([t]))[0])
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
 
 

@@ -76,7 +76,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from vision_attn.data.images import find_images, load_image
     from vision_attn.inference import Pipeline
 
-    pipe = Pipeline.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
+    pipe = Pipeline.from_pretrained(args.model, device=args.device, batch_size=args.batch_size, compile=args.compile)
     paths = find_images(args.paths)
     failed = 0
     pictures = _PictureNames(args.attention_dir)
@@ -245,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-beams", type=int, default=1)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--device", default="auto")
+    s.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decoding step (CUDA graphs on a GPU): faster for many images, slow to start",
+    )
     s.add_argument(
         "--attention-dir", default=None, help="also write a PNG per image: the image, a heatmap per word, the rollout"
     )

@@ -19,6 +19,7 @@ from vision_attn.layers import KVCache
 
 if TYPE_CHECKING:
     from vision_attn.models import VisionAttnModel
+    from vision_attn.models.decoder import TextDecoder
 
 
 @dataclass
@@ -39,7 +40,12 @@ class GenerationOutput:
 
 
 class _DecodeState:
-    """Caches, key-validity mask and next positions of a left-padded batch during decoding."""
+    """Caches, key-validity mask and next positions of a left-padded batch during decoding.
+
+    Every buffer has a fixed shape and address for the whole decode (the cache is read whole, under a key
+    mask; beams are reordered in place), so each step is the same computation on new values: what a
+    compiled step (`CompiledDecoder`) needs to replay one CUDA graph per token.
+    """
 
     def __init__(
         self,
@@ -48,12 +54,12 @@ class _DecodeState:
         prompts: list[list[int]],
         max_new_tokens: int,
         need_weights: bool = False,
+        compiled: CompiledDecoder | None = None,
     ) -> None:
         dec = model.decoder
         device = image_kv[0][0].device
         B, P = len(prompts), max(len(p) for p in prompts)
-        self.max_len = P + max_new_tokens
-        if self.max_len > dec.cfg.max_len:
+        if P + max_new_tokens > dec.cfg.max_len:
             raise ValueError(
                 f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds decoder.max_len={dec.cfg.max_len}"
             )
@@ -64,17 +70,20 @@ class _DecodeState:
                 raise ValueError("every prompt needs at least one token")
             ids[i, P - len(p) :] = torch.tensor(p, device=device)
             valid[i, P - len(p) :] = True
-        self.model, self.image_kv, self.P = model, image_kv, P
-        self.prompt_ids, self.prompt_valid = ids, valid
-        # Without padding no mask is needed: SDPA then runs plain causal attention (the flash kernel on a GPU).
-        self.padded = any(len(p) < P for p in prompts)
+        self.model, self.P, self.prompt_ids, self.prompt_valid = model, P, ids, valid
         heads, head_dim = dec.cfg.num_heads, dec.cfg.dim // dec.cfg.num_heads
         dtype = image_kv[0][0].dtype
-        self.caches = [KVCache(B, heads, self.max_len, head_dim, dtype, device) for _ in dec.blocks]
-        self.key_valid = torch.zeros(B, self.max_len, dtype=torch.bool, device=device)  # [B, L]
-        self.key_valid[:, :P] = valid
-        self.next_pos = valid.sum(-1)  # [B] position of the next token
-        self.cur = 0  # cache slots written
+        if compiled is None:
+            # cache length: what this batch needs (shorter keys than decoder.max_len cost less attention)
+            self.buffers = _Buffers.allocate(heads, P + max_new_tokens, head_dim, image_kv)
+        else:  # the compiled step's buffers for this shape, of length decoder.max_len, reused call after call
+            self.buffers = compiled.buffers(heads, head_dim, image_kv)
+        buf = self.buffers
+        buf.key_valid.zero_()
+        buf.key_valid[:, :P] = valid
+        buf.next_pos.copy_(valid.sum(-1))  # [B] position of the next token
+        buf.slot.fill_(P)  # cache slot of the next token
+        self.step_fn = _decode_step if compiled is None else compiled.step
         # Cross-attention maps of the queries that predicted each new token, [B, max_new, L, H, N]; rows are
         # reordered with the caches so that a beam carries its own history. None: SDPA only, nothing stored.
         self.maps: Tensor | None = None
@@ -90,43 +99,138 @@ class _DecodeState:
             self.n_maps += 1
 
     def prefill(self) -> Tensor:
-        """Run the prompts; return next-token logits [B, V]."""
-        P, valid = self.P, self.prompt_valid
+        """Run the prompts (uncompiled: their length varies); return next-token logits [B, V]."""
+        P, valid, buf = self.P, self.prompt_valid, self.buffers
+        device = valid.device
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
-        causal = torch.ones(P, P, dtype=torch.bool, device=valid.device).tril()
-        eye = torch.eye(P, dtype=torch.bool, device=valid.device)
+        L = buf.key_valid.shape[1]
+        causal = torch.ones(P, L, dtype=torch.bool, device=device).tril()  # [P, L]: keys beyond P never seen
+        eye = torch.eye(P, L, dtype=torch.bool, device=device)
         # pad queries attend only to themselves, which keeps softmax finite; their outputs are never used
-        mask = (causal & valid[:, None, None, :]) | eye if self.padded else None  # [B, 1, P, P]
+        mask = (causal & buf.key_valid[:, None, None, :]) | eye  # [B, 1, P, L]
+        slots = torch.arange(P, device=device)
         need = self.maps is not None
-        logits, w = self.model.decoder(self.prompt_ids, self.image_kv, positions, mask, self.caches, 0, need)
+        logits, w = self.model.decoder(self.prompt_ids, buf.image_kv, positions, mask, buf.caches, slots, need)
         self._store(w)
-        self.cur = P
         return logits[:, -1]
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed tokens [B] at the next position; return next-token logits [B, V]."""
-        self.key_valid[:, self.cur] = True
-        mask = self.key_valid[:, None, None, : self.cur + 1] if self.padded else None  # [B, 1, 1, S]
-        logits, w = self.model.decoder(
-            tokens[:, None], self.image_kv, self.next_pos[:, None], mask, self.caches, self.cur, self.maps is not None
-        )
-        self._store(w)
-        self.cur += 1
-        self.next_pos = self.next_pos + 1
-        return logits[:, -1]
+        buf = self.buffers
+        if self.maps is None:
+            args = (buf.image_kv, buf.caches, buf.key_valid, buf.next_pos, buf.slot)
+            # clone: a CUDA graph overwrites its output at the next replay
+            logits = self.step_fn(self.model.decoder, tokens, *args).clone()
+        else:
+            logits, w = _decode_step_with_weights(self.model.decoder, tokens, buf)
+            self._store(w)
+        buf.slot.add_(1)
+        buf.next_pos.add_(1)
+        return logits
 
     def reorder(self, index: Tensor) -> None:
-        """Keep batch rows `index` (beam search)."""
-        for c in self.caches:
+        """Make row i continue old row index[i] (beam search), in place."""
+        buf = self.buffers
+        for c in buf.caches:
             c.reorder(index)
-        self.key_valid = self.key_valid.index_select(0, index)
-        self.next_pos = self.next_pos.index_select(0, index)
+        buf.key_valid.copy_(buf.key_valid.index_select(0, index))
+        buf.next_pos.copy_(buf.next_pos.index_select(0, index))
         if self.maps is not None:
             self.maps = self.maps.index_select(0, index)
 
     def token_maps(self, row: int, n: int) -> Tensor | None:
         """Maps of the first n generated tokens of batch row `row` as [L, H, n, N] (None if not recorded)."""
         return None if self.maps is None else self.maps[row, :n].permute(1, 2, 0, 3).clone()
+
+
+@dataclass
+class _Buffers:
+    """Everything a decoding step reads or writes besides the weights, at fixed shapes and addresses."""
+
+    caches: list[KVCache]  # per layer [B, H, L, D]
+    image_kv: list[tuple[Tensor, Tensor]]  # per layer 2x[B, H, N, D]
+    key_valid: Tensor  # [B, L] bool: cache slots that hold a (non-padding) token
+    next_pos: Tensor  # [B] long: position of each row's next token
+    slot: Tensor  # [1] long: cache slot of the next token (the same for every row)
+
+    @classmethod
+    def allocate(cls, heads: int, L: int, head_dim: int, image_kv: list[tuple[Tensor, Tensor]]) -> _Buffers:
+        """Caches of length L for the batch of `image_kv` (per layer 2x[B, H, N, D], kept as given)."""
+        k0 = image_kv[0][0]
+        B, device = k0.shape[0], k0.device
+        return cls(
+            caches=[KVCache(B, heads, L, head_dim, k0.dtype, device) for _ in image_kv],
+            image_kv=image_kv,
+            key_valid=torch.zeros(B, L, dtype=torch.bool, device=device),
+            next_pos=torch.zeros(B, dtype=torch.long, device=device),
+            slot=torch.zeros(1, dtype=torch.long, device=device),
+        )
+
+    def tensors(self) -> list[Tensor]:
+        kv = [t for pair in self.image_kv for t in pair]
+        return [t for c in self.caches for t in (c.k, c.v)] + kv + [self.key_valid, self.next_pos, self.slot]
+
+
+def _decode_step(
+    decoder: TextDecoder,
+    tokens: Tensor,
+    image_kv: list[tuple[Tensor, Tensor]],
+    caches: list[KVCache],
+    key_valid: Tensor,
+    next_pos: Tensor,
+    slot: Tensor,
+) -> Tensor:
+    """One token per row: tokens [B] at cache slot `slot` -> next-token logits [B, V]. Same shapes every step."""
+    key_valid.index_fill_(1, slot, True)
+    mask = key_valid[:, None, None, :]  # [B, 1, 1, L]
+    logits, _ = decoder(tokens[:, None], image_kv, next_pos[:, None], mask, caches, slot)
+    return logits[:, -1]
+
+
+def _decode_step_with_weights(decoder: TextDecoder, tokens: Tensor, buf: _Buffers) -> tuple[Tensor, list[Tensor]]:
+    """`_decode_step` through the explicit-softmax cross-attention, also returning its weights (never compiled)."""
+    buf.key_valid.index_fill_(1, buf.slot, True)
+    mask = buf.key_valid[:, None, None, :]
+    logits, w = decoder(tokens[:, None], buf.image_kv, buf.next_pos[:, None], mask, buf.caches, buf.slot, True)
+    return logits[:, -1], w
+
+
+class CompiledDecoder:
+    """The per-token decoding step of one model, compiled for fixed shapes; pass it to `generate(compiled=...)`.
+
+    On a GPU the step is compiled with mode="reduce-overhead", so each token replays one CUDA graph instead
+    of launching some 20 kernels per decoder layer from Python; on CPU, torch.compile fuses it into a few
+    C++ kernels. Its buffers (caches, image keys/values, masks) are kept per batch shape and reused call
+    after call, since a CUDA graph reads fixed addresses. To keep the number of shapes (and compilations)
+    small, `generate` pads the batch to a power of two and caches are `decoder.max_len` long. Each new shape
+    compiles once, in the first call that needs it (seconds to a minute); torch.compile serves up to its
+    recompile limit of shapes (8 by default) and runs any further ones uncompiled.
+    Maps (`return_attention`) always come from the uncompiled explicit-softmax path.
+    """
+
+    def __init__(self, model: VisionAttnModel) -> None:
+        self.max_len = model.decoder.cfg.max_len
+        cuda = next(model.parameters()).is_cuda
+        mode = "reduce-overhead" if cuda else "default"
+        self.step = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+        self._buffers: dict[tuple, _Buffers] = {}
+
+    def buffers(self, heads: int, head_dim: int, image_kv: list[tuple[Tensor, Tensor]]) -> _Buffers:
+        """This shape's buffers, holding a copy of `image_kv` (per layer 2x[B, H, N, D])."""
+        k = image_kv[0][0]
+        key = (*k.shape, k.dtype, k.device)
+        if key not in self._buffers:
+            own = [(k.clone(), v.clone()) for k, v in image_kv]
+            buf = _Buffers.allocate(heads, self.max_len, head_dim, own)
+            for t in buf.tensors():
+                torch._dynamo.mark_static_address(t)  # read in place by the CUDA graph, not copied in
+            self._buffers[key] = buf
+            return buf
+        buf = self._buffers[key]
+        for (k, v), (sk, sv) in zip(image_kv, buf.image_kv, strict=True):
+            sk.copy_(k)
+            sv.copy_(v)
+        return buf
 
 
 @torch.inference_mode()
@@ -143,6 +247,7 @@ def generate(
     length_penalty: float = 1.0,
     generator: torch.Generator | None = None,
     return_attention: bool = False,
+    compiled: CompiledDecoder | None = None,
 ) -> GenerationOutput:
     """Continue each prompt about its image until EOS or `max_new_tokens`.
 
@@ -155,6 +260,8 @@ def generate(
         length_penalty: beam scores are sum log-prob / length ** length_penalty.
         return_attention: also return each output's cross-attention maps (`GenerationOutput.attentions`),
             computed by the explicit-softmax path; off, only SDPA runs and no map is kept.
+        compiled: run each token through this `CompiledDecoder` of `model` (the same tokens, faster on a
+            GPU); not used with `return_attention`.
     """
     if image_index is None and len(prompts) != images.shape[0]:
         raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts")
@@ -164,13 +271,32 @@ def generate(
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if do_sample and not (0.0 < top_p <= 1.0 and temperature > 0):
         raise ValueError(f"need 0 < top_p <= 1 and temperature > 0, got top_p={top_p}, temperature={temperature}")
+    if return_attention:
+        compiled = None
+    B, K = len(prompts), num_beams
+    # Decoding rows: the K beams of input i are rows i*K .. i*K+K-1 from the start (buffers never change
+    # shape). A compiled decoder pads the inputs to a power of two with copies of input 0, so that a few
+    # shapes serve every batch size; rows are independent, so padding changes no real row.
+    padded = B if compiled is None else 1 << (B - 1).bit_length()
+    src = [i for i in range(B) for _ in range(K)] + [0] * ((padded - B) * K)  # input of each row
     image_kv = model.decoder.image_kv(model.encode(images))  # per layer 2x[B_img, H, N, D]
-    if image_index is not None:
-        image_kv = [(k[image_index], v[image_index]) for k, v in image_kv]  # 2x[B, H, N, D]
-    state = _DecodeState(model, image_kv, prompts, max_new_tokens, need_weights=return_attention)
+    if image_index is not None or len(src) != B:
+        index = torch.tensor(src, device=images.device)
+        index = index if image_index is None else image_index[index]
+        image_kv = [(k[index], v[index]) for k, v in image_kv]  # 2x[rows, H, N, D]
+    state = _DecodeState(model, image_kv, [prompts[i] for i in src], max_new_tokens, return_attention, compiled)
     if num_beams == 1:
-        return _greedy_or_sample(state, max_new_tokens, do_sample, top_p, temperature, generator)
-    return _beam_search(state, max_new_tokens, num_beams, length_penalty)
+        out = _greedy_or_sample(state, max_new_tokens, do_sample, top_p, temperature, generator)
+    else:
+        out = _beam_search(state, max_new_tokens, num_beams, length_penalty)
+    if padded == B:
+        return out
+    return GenerationOutput(
+        out.sequences[:B],
+        out.scores[:B],
+        None if out.hypotheses is None else out.hypotheses[:B],
+        None if out.attentions is None else out.attentions[:B],
+    )
 
 
 def _greedy_or_sample(
@@ -214,13 +340,9 @@ def _sample_top_p(logp: Tensor, top_p: float, temperature: float, generator: tor
 
 def _beam_search(state: _DecodeState, max_new: int, K: int, length_penalty: float) -> GenerationOutput:
     eos = state.model.config.eos_token_id
-    logits = state.prefill()  # [B, V]
-    B, V = logits.shape
+    logits = state.prefill()  # [B*K, V]: the K rows of input b (b*K .. b*K+K-1) start identical
+    B, V = logits.shape[0] // K, logits.shape[1]
     device = logits.device
-    expand = torch.arange(B, device=device).repeat_interleave(K)  # beams of image b are rows b*K .. b*K+K-1
-    state.reorder(expand)
-    state.image_kv = [(k[expand], v[expand]) for k, v in state.image_kv]  # never reordered again: beams stay
-    logits = logits[expand]  # [B*K, V]
     beam_scores = torch.full((B, K), float("-inf"), device=device)
     beam_scores[:, 0] = 0.0  # all beams start identical: let only the first expand at step 0
     seqs = torch.zeros(B, K, 0, dtype=torch.long, device=device)

@@ -23,7 +23,7 @@ from vision_attn.attention_maps import (
 from vision_attn.data.images import load_image
 from vision_attn.data.tokenizer import TextCodec, load_tokenizer
 from vision_attn.data.transforms import image_transform
-from vision_attn.generation import generate, score_continuations
+from vision_attn.generation import CompiledDecoder, generate, score_continuations
 from vision_attn.models import VisionAttnModel
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class Pipeline:
         device: torch.device,
         batch_size: int = 32,
         bf16: bool | None = None,
+        compile: bool = False,
     ) -> None:
         self.model = model.to(device).eval()
         self.codec = codec
@@ -111,15 +112,24 @@ class Pipeline:
         # bf16 matmuls are no faster and results would drift from float32 for nothing.
         self.bf16 = bf16 if bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.transform = image_transform(model.config.encoder.image_size)
+        # compile: decode through a CompiledDecoder (CUDA graphs on a GPU). Worth it for many batches (a folder
+        # of photos): each batch shape compiles once, which takes longer than one uncompiled caption.
+        self.compiled = CompiledDecoder(self.model) if compile else None
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: str | Path, device: str = "auto", batch_size: int = 32, bf16: bool | None = None
+        cls,
+        model_dir: str | Path,
+        device: str = "auto",
+        batch_size: int = 32,
+        bf16: bool | None = None,
+        compile: bool = False,
     ) -> Pipeline:
         """Load `config.json`, `model.safetensors` and `tokenizer.json` from `model_dir`."""
         dev = resolve_device(device)
         model = VisionAttnModel.from_pretrained(model_dir, device=dev)
-        return cls(model, TextCodec(load_tokenizer(Path(model_dir) / "tokenizer.json")), dev, batch_size, bf16)
+        codec = TextCodec(load_tokenizer(Path(model_dir) / "tokenizer.json"))
+        return cls(model, codec, dev, batch_size, bf16, compile)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -158,7 +168,7 @@ class Pipeline:
         """
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
-        gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, **gen}
+        gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "compiled": self.compiled, **gen}
         out: list[Any] = []
         for sl in self._batches(len(items)):
             x = torch.stack([self.preprocess(im) for im in items[sl]]).to(self.device)
@@ -246,7 +256,7 @@ class Pipeline:
             return [r[:top_k] for r in self._rank_candidates(x, image_index, qs, list(candidates))]
         if top_k is not None:  # 1 beam = greedy, which ranks nothing
             return self._top_k(x, image_index, qs, top_k, max(top_k, num_beams, 2), max_new_tokens)
-        gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, **gen}
+        gen = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "compiled": self.compiled, **gen}
         if return_attention:
             prompts = [self.codec.vqa_prompt(q) for q in qs]
             return generate_with_attention(self.model, self.codec, x, prompts, image_index, attention_layer, **gen)
@@ -256,9 +266,8 @@ class Pipeline:
         self, images: Tensor, image_index: Tensor, questions: list[str], k: int, beams: int, max_new: int
     ) -> list[list[dict]]:
         prompts = [self.codec.vqa_prompt(q) for q in questions]
-        res = generate(
-            self.model, images, prompts, image_index, max_new_tokens=max_new, num_beams=beams, length_penalty=0.0
-        )
+        kw = {"max_new_tokens": max_new, "num_beams": beams, "length_penalty": 0.0, "compiled": self.compiled}
+        res = generate(self.model, images, prompts, image_index, **kw)
         out = []
         for hyps in res.hypotheses:
             ranked: dict[str, float] = {}

@@ -16,10 +16,11 @@ from torch import Tensor, nn
 
 
 class KVCache:
-    """Preallocated self-attention keys/values for one layer, written at a position.
+    """Preallocated self-attention keys/values [B, H, L, D] for one layer, written at slots and read whole.
 
-    Buffers are [B, H, L, D] with L the longest prompt + generated text; `update` writes T new
-    positions starting at `pos` and returns views of everything written so far.
+    The slots to write come as a device tensor and `update` always returns the whole buffer; a key mask
+    (not the shape) says which slots hold tokens. Every decoding step therefore has the same shapes and
+    reads the same addresses, which is what lets one compiled graph (a CUDA graph on a GPU) replay them all.
     """
 
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device) -> None:
@@ -30,19 +31,20 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, k: Tensor, v: Tensor, pos: int) -> tuple[Tensor, Tensor]:
-        """Write k, v [B, H, T, D] at positions pos..pos+T-1; return keys/values [B, H, pos+T, D]."""
-        end = pos + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: writing up to position {end} but the cache holds {self.max_len}")
-        self.k[:, :, pos:end] = k
-        self.v[:, :, pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, T, D] at slots [T] (long, on the cache's device); return the whole cache [B, H, L, D].
+
+        A slot outside 0..L-1 is an error (IndexError on CPU, a device-side assert on a GPU); callers size
+        the cache for the longest text first.
+        """
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        return self.k, self.v
 
     def reorder(self, index: Tensor) -> None:
-        """Keep rows `index` [B'] of the batch (beam search reordering)."""
-        self.k = self.k.index_select(0, index)
-        self.v = self.v.index_select(0, index)
+        """Make row i hold old row index[i] (beam search), in place: the buffers keep their addresses."""
+        self.k.copy_(self.k.index_select(0, index))
+        self.v.copy_(self.v.index_select(0, index))
 
 
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -67,16 +69,21 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None, pos: int = 0) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None, slots: Tensor | None = None
+    ) -> Tensor:
         """x [B, T, C] -> [B, T, C].
 
         mask: bool [B, 1, T, S], True where a query may attend a key; None means plain causal over x.
-        cache: when given, keys/values of x are written at `pos` and attention runs over the cache.
+        cache, slots: keys/values of x are written at cache slots [T] and attention runs over the whole cache
+            (S = its length), so `mask` is then required.
         """
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)  # 3x[B,H,T,D]
         if cache is not None:
-            k, v = cache.update(k, v, pos)  # [B, H, S, D]
+            if mask is None or slots is None:
+                raise ValueError("attention over a KV cache needs the slots to write and a key mask")
+            k, v = cache.update(k, v, slots)  # [B, H, S, D]
         drop = self.dropout if self.training else 0.0
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=drop)

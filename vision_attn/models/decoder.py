@@ -33,11 +33,11 @@ class DecoderBlock(nn.Module):
         image_kv: tuple[Tensor, Tensor],
         mask: Tensor | None = None,
         cache: KVCache | None = None,
-        pos: int = 0,
+        slots: Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """x [B, T, C] -> ([B, T, C], cross-attention weights [B, H, T, N] or None)."""
-        x = x + self.drop(self.self_attn(self.norm1(x), mask, cache, pos))
+        x = x + self.drop(self.self_attn(self.norm1(x), mask, cache, slots))
         y, weights = self.cross_attn(self.norm2(x), image_kv, need_weights)
         x = x + self.drop(y)
         x = x + self.mlp(self.norm3(x))
@@ -85,24 +85,29 @@ class TextDecoder(nn.Module):
         positions: Tensor | None = None,
         mask: Tensor | None = None,
         caches: list[KVCache] | None = None,
-        pos: int = 0,
+        slots: Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, list[Tensor]]:
         """input_ids [B, T] -> (logits [B, T, V], per-layer cross-attention weights [B, H, T, N] if asked).
 
-        positions [B, T]: position of each token (default 0..T-1); left-padded prompts pass their own.
-        mask [B, 1, T, S]: self-attention mask over cached keys (None: causal over input_ids).
-        caches/pos: per-layer KV caches, written at `pos`.
+        positions [B, T]: position of each token (default: `slots`, else 0..T-1); left-padded prompts pass
+            their own.
+        mask [B, 1, T, S]: self-attention mask over the keys (None: causal over input_ids; required with caches).
+        caches, slots: per-layer KV caches (each of length S), written at slots [T] (a device tensor, so
+            that decoding steps differ in values, not shapes).
         """
         B, T = input_ids.shape
-        if pos + T > self.cfg.max_len:  # positions never exceed pos + T - 1; checked without a host sync
-            raise ValueError(f"text of {pos + T} tokens exceeds decoder.max_len={self.cfg.max_len}")
         if positions is None:
-            positions = torch.arange(pos, pos + T, device=input_ids.device).expand(B, T)
+            if slots is None:
+                if T > self.cfg.max_len:
+                    raise ValueError(f"text of {T} tokens exceeds decoder.max_len={self.cfg.max_len}")
+                slots = torch.arange(T, device=input_ids.device)
+            positions = slots.expand(B, T)
         x = self.tok_emb(input_ids) + self.pos_emb(positions)  # [B, T, C]
         maps = []
         for i, block in enumerate(self.blocks):
-            x, w = block(x, image_kv[i], mask, caches[i] if caches is not None else None, pos, need_weights)
+            cache = caches[i] if caches is not None else None
+            x, w = block(x, image_kv[i], mask, cache, slots if cache is not None else None, need_weights)
             if w is not None:
                 maps.append(w)
         return self.lm_head(self.norm(x)), maps
