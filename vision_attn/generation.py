@@ -76,8 +76,8 @@ class _DecodeState:
         if compiled is None:
             # cache length: what this batch needs (shorter keys than decoder.max_len cost less attention)
             self.buffers = _Buffers.allocate(heads, P + max_new_tokens, head_dim, image_kv)
-        else:  # the compiled step's buffers for this shape, of length decoder.max_len, reused call after call
-            self.buffers = compiled.buffers(heads, head_dim, image_kv)
+        else:  # the compiled step's buffers for this shape, reused call after call
+            self.buffers = compiled.buffers(heads, P + max_new_tokens, head_dim, image_kv)
         buf = self.buffers
         buf.key_valid.zero_()
         buf.key_valid[:, :P] = valid
@@ -202,10 +202,11 @@ class CompiledDecoder:
     of launching some 20 kernels per decoder layer from Python; on CPU, torch.compile fuses it into a few
     C++ kernels. Its buffers (caches, image keys/values, masks) are kept per batch shape and reused call
     after call, since a CUDA graph reads fixed addresses. To keep the number of shapes (and compilations)
-    small, `generate` pads the batch to a power of two and caches are `decoder.max_len` long. Each new shape
-    compiles once, in the first call that needs it (seconds to a minute); torch.compile serves up to its
-    recompile limit of shapes (8 by default) and runs any further ones uncompiled.
-    Maps (`return_attention`) always come from the uncompiled explicit-softmax path.
+    small, `generate` pads the batch to a power of two and the caches' length is rounded up to one (at most
+    `decoder.max_len`). Each new shape compiles once, in the first call that needs it (seconds to a minute);
+    torch.compile serves up to its recompile limit of shapes (8 by default) and runs any further ones
+    uncompiled. Build it after moving the model to its device. Maps (`return_attention`) always come from
+    the uncompiled explicit-softmax path.
     """
 
     def __init__(self, model: VisionAttnModel) -> None:
@@ -215,13 +216,14 @@ class CompiledDecoder:
         self.step = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
         self._buffers: dict[tuple, _Buffers] = {}
 
-    def buffers(self, heads: int, head_dim: int, image_kv: list[tuple[Tensor, Tensor]]) -> _Buffers:
-        """This shape's buffers, holding a copy of `image_kv` (per layer 2x[B, H, N, D])."""
+    def buffers(self, heads: int, length: int, head_dim: int, image_kv: list[tuple[Tensor, Tensor]]) -> _Buffers:
+        """Buffers for caches of at least `length` slots, holding a copy of `image_kv` (per layer 2x[B, H, N, D])."""
         k = image_kv[0][0]
-        key = (*k.shape, k.dtype, k.device)
+        L = min(1 << (length - 1).bit_length(), self.max_len)
+        key = (*k.shape, L, k.dtype, k.device)
         if key not in self._buffers:
             own = [(k.clone(), v.clone()) for k, v in image_kv]
-            buf = _Buffers.allocate(heads, self.max_len, head_dim, own)
+            buf = _Buffers.allocate(heads, L, head_dim, own)
             for t in buf.tensors():
                 torch._dynamo.mark_static_address(t)  # read in place by the CUDA graph, not copied in
             self._buffers[key] = buf
