@@ -10,7 +10,7 @@ computed once per image and shared by its beams; the cache is preallocated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -116,14 +116,10 @@ class _DecodeState:
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed tokens [B] at the next position; return next-token logits [B, V]."""
-        buf = self.buffers
-        if self.maps is None:
-            args = (buf.image_kv, buf.caches, buf.key_valid, buf.next_pos, buf.slot)
-            # clone: a CUDA graph overwrites its output at the next replay
-            logits = self.step_fn(self.model.decoder, tokens, *args).clone()
-        else:
-            logits, w = _decode_step_with_weights(self.model.decoder, tokens, buf)
-            self._store(w)
+        buf, need = self.buffers, self.maps is not None
+        args = (buf.image_kv, buf.caches, buf.key_valid, buf.next_pos, buf.slot, need)
+        logits, w = self.step_fn(self.model.decoder, tokens, *args)
+        self._store(w)
         buf.slot.add_(1)
         buf.next_pos.add_(1)
         return logits
@@ -179,20 +175,14 @@ def _decode_step(
     key_valid: Tensor,
     next_pos: Tensor,
     slot: Tensor,
-) -> Tensor:
-    """One token per row: tokens [B] at cache slot `slot` -> next-token logits [B, V]. Same shapes every step."""
+    need_weights: bool = False,
+) -> tuple[Tensor, list[Tensor]]:
+    """One token per row: tokens [B] at cache slot `slot` -> (next-token logits [B, V], per-layer
+    cross-attention weights [B, H, 1, N] if `need_weights`). The same shapes at every step."""
     key_valid.index_fill_(1, slot, True)
     mask = key_valid[:, None, None, :]  # [B, 1, 1, L]
-    logits, _ = decoder(tokens[:, None], image_kv, next_pos[:, None], mask, caches, slot)
-    return logits[:, -1]
-
-
-def _decode_step_with_weights(decoder: TextDecoder, tokens: Tensor, buf: _Buffers) -> tuple[Tensor, list[Tensor]]:
-    """`_decode_step` through the explicit-softmax cross-attention, also returning its weights (never compiled)."""
-    buf.key_valid.index_fill_(1, buf.slot, True)
-    mask = buf.key_valid[:, None, None, :]
-    logits, w = decoder(tokens[:, None], buf.image_kv, buf.next_pos[:, None], mask, buf.caches, buf.slot, True)
-    return logits[:, -1], w
+    logits, weights = decoder(tokens[:, None], image_kv, next_pos[:, None], mask, caches, slot, need_weights)
+    return logits[:, -1], weights
 
 
 class CompiledDecoder:
@@ -213,8 +203,14 @@ class CompiledDecoder:
         self.max_len = model.decoder.cfg.max_len
         cuda = next(model.parameters()).is_cuda
         mode = "reduce-overhead" if cuda else "default"
-        self.step = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+        self._step = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
         self._buffers: dict[tuple, _Buffers] = {}
+
+    def step(self, *args: Any) -> tuple[Tensor, list[Tensor]]:
+        """`_decode_step`, compiled; its logits are copied out, since a CUDA graph overwrites its output at the
+        next replay."""
+        logits, weights = self._step(*args)
+        return logits.clone(), weights
 
     def buffers(self, heads: int, length: int, head_dim: int, image_kv: list[tuple[Tensor, Tensor]]) -> _Buffers:
         """Buffers for caches of at least `length` slots, holding a copy of `image_kv` (per layer 2x[B, H, N, D])."""
