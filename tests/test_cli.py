@@ -211,6 +211,19 @@ def test_evaluate_command_writes_standard_files(model_dir: Path, synthetic_root:
     assert all(0 <= v["majority_baseline"] <= 100 for v in per_type.values())
 
 
+def test_evaluate_command_compiled_writes_the_same_results(
+    model_dir: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """--compile decodes every caption and answer of the split to the same text (two shapes: captions, answers)."""
+    argv = ["evaluate", "--model", str(model_dir), "--data-root", str(synthetic_root), "--split", "val"]
+    argv += ["--device", "cpu", "--no-meteor"]
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*argv, "--compile", "--out", str(tmp_path / "compiled")]) == 0
+    for name in ("captions_results.json", "vqa_results.json"):
+        plain = json.loads((tmp_path / "plain" / name).read_text())
+        assert len(plain) >= 16 and json.loads((tmp_path / "compiled" / name).read_text()) == plain
+
+
 def test_answer_top_k_is_ranked_and_sums_to_at_most_one(model_dir: Path, synthetic_root: Path) -> None:
     pipe = Pipeline.from_pretrained(model_dir, device="cpu", batch_size=2)
     paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:3]]

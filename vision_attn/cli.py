@@ -54,8 +54,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         from vision_attn.inference import Pipeline
 
-        pipe = Pipeline.from_pretrained(args.model, device=args.device)
-        preds = evaluate_records(pipe.model, pipe.codec, records, batch_size=args.batch_size, num_beams=args.num_beams)
+        pipe = Pipeline.from_pretrained(args.model, device=args.device, compile=args.compile)
+        gen = {"batch_size": args.batch_size, "num_beams": args.num_beams, "compiled": pipe.compiled}
+        preds = evaluate_records(pipe.model, pipe.codec, records, **gen)
     meteor = java_available() and not args.no_meteor
     if preds.captions and not meteor:
         log.warning("METEOR skipped: %s", "--no-meteor" if args.no_meteor else "no Java runtime on PATH")
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--num-beams", type=int, default=1)
     s.add_argument("--device", default="auto")
+    s.add_argument("--compile", action="store_true", help="compile the decoding step (CUDA graphs on a GPU)")
     s.add_argument("--no-meteor", action="store_true", help="skip METEOR (computed by default when Java is present)")
     s.set_defaults(func=cmd_evaluate)
 

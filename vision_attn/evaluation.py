@@ -20,6 +20,7 @@ from vision_attn.data.datamodule import ImageTextDataset, collate
 from vision_attn.data.errors import DataFormatError
 from vision_attn.data.readers import ImageRecord, QAItem
 from vision_attn.data.tokenizer import TextCodec
+from vision_attn.generation import CompiledDecoder
 from vision_attn.inference import generate_answers, generate_captions
 from vision_attn.metrics import caption_scores, majority_baseline, vqa_scores
 from vision_attn.models import VisionAttnModel
@@ -51,21 +52,25 @@ def predict_batch(
     caption_tokens: int = 48,
     answer_tokens: int = 8,
     num_beams: int = 1,
+    compiled: CompiledDecoder | None = None,
 ) -> Predictions:
-    """Caption every image that has references and answer every annotated question. images [B, 3, S, S]."""
+    """Caption every image that has references and answer every annotated question. images [B, 3, S, S].
+
+    compiled: decode through this `CompiledDecoder` of `model` (see `generate`).
+    """
     out = Predictions()
+    gen = {"num_beams": num_beams, "compiled": compiled}
     with_caps = [i for i, r in enumerate(records) if r.captions]
     if with_caps:
-        caps = generate_captions(model, codec, images[with_caps], max_new_tokens=caption_tokens, num_beams=num_beams)
+        caps = generate_captions(model, codec, images[with_caps], max_new_tokens=caption_tokens, **gen)
         for i, c in zip(with_caps, caps, strict=True):
             out.captions[records[i].image_id] = c
             out.references[records[i].image_id] = records[i].captions
     qs = [(i, q) for i, r in enumerate(records) for q in r.questions if q.answers]
     if qs:
         index = torch.tensor([i for i, _ in qs], device=images.device)
-        answers = generate_answers(
-            model, codec, images, [q.question for _, q in qs], index, max_new_tokens=answer_tokens, num_beams=num_beams
-        )
+        questions = [q.question for _, q in qs]
+        answers = generate_answers(model, codec, images, questions, index, max_new_tokens=answer_tokens, **gen)
         for (_, q), a in zip(qs, answers, strict=True):
             out.answers[q.question_id] = a
             out.annotations[q.question_id] = vqa_annotation(q)
@@ -105,6 +110,7 @@ def evaluate_records(
     batch_size: int = 32,
     num_workers: int = 0,
     num_beams: int = 1,
+    compiled: CompiledDecoder | None = None,
 ) -> Predictions:
     """Generate for all records (captions and questions), batched, with a progress bar."""
     device = next(model.parameters()).device
@@ -116,7 +122,8 @@ def evaluate_records(
     for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):
         skipped += batch["skipped"]
         if "images" in batch:
-            preds.merge(predict_batch(model, codec, batch["images"].to(device), batch["records"], num_beams=num_beams))
+            images, records = batch["images"].to(device), batch["records"]
+            preds.merge(predict_batch(model, codec, images, records, num_beams=num_beams, compiled=compiled))
     if skipped:
         log.warning("skipped %d unreadable images", skipped)
     return preds
