@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
+from vision_attn.data.transforms import normalize
 from vision_attn.layers import KVCache
 from vision_attn.models import ImageEncoder, VisionAttnModel, text_loss
 
@@ -265,3 +266,17 @@ def test_encoder_pretrained_wrong_architecture_raises(make_config, tmp_path: Pat
     deeper = dataclasses.replace(cfg, depth=2, pretrained=str(path))
     with pytest.raises(ValueError, match="weights missing"):
         ImageEncoder(deeper, 48)
+
+
+def test_encoder_normalises_uint8_images(tiny_model: VisionAttnModel) -> None:
+    """Loaders send uint8; the encoder normalises it as the float path expects ((x / 255 - 0.5) / 0.5)."""
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = tiny_model.encode(x)
+        want = tiny_model.encode((x.float() / 255 - 0.5) / 0.5)
+        assert (got - tiny_model.encode(x.float())).abs().max() > 1e-2  # raw 0..255 floats would differ
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():  # a bf16 model gets bf16 pixels
+        assert tiny_model.to(torch.bfloat16).encode(x).dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="uint8"):
+        normalize(x.float())

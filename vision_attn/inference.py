@@ -135,7 +135,8 @@ class Pipeline:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def preprocess(self, image: ImageInput) -> Tensor:
-        """A path, bytes, PIL image or tensor ([3, H, W] floats in 0..1 or uint8) -> [3, S, S] normalised."""
+        """A path, bytes, PIL image or tensor ([3, H, W] floats in 0..1 or uint8) -> uint8 [3, S, S] (the model
+        normalises it)."""
         if isinstance(image, Tensor):
             if image.ndim != 3 or image.shape[0] != 3:
                 raise ValueError(f"an image tensor must be [3, H, W], got {list(image.shape)}")

@@ -46,6 +46,7 @@ def test_task_selection_shapes_the_batch(synthetic_root: Path, tasks: str) -> No
     dm = _dm(root=str(synthetic_root), tasks=tasks, questions_per_image=3)
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (4, 3, 32, 32)
+    assert batch["images"].dtype == torch.uint8  # normalised by the model, on its device
     assert ("caption" in batch) == (tasks != "vqa")
     assert ("vqa" in batch) == (tasks != "caption")
     if "caption" in batch:  # one caption per image, spread over length buckets

@@ -12,6 +12,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor, nn
 
 from vision_attn.config import EncoderConfig
+from vision_attn.data.transforms import normalize
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,13 @@ class ImageEncoder(nn.Module):
         self.register_buffer("memory_pos", build_sincos2d_pos_embed(grid, dim=out_dim), persistent=False)  # [N, C]
 
     def forward(self, images: Tensor) -> Tensor:
-        """images [B, 3, H, W] (normalised) -> patch tokens [B, N, out_dim], N = grid_size^2."""
+        """images [B, 3, H, W] -> patch tokens [B, N, out_dim], N = grid_size^2.
+
+        uint8 images (0..255, as the loaders and `Pipeline` send them) are normalised here, on the model's
+        device; floating-point images are taken as already normalised.
+        """
+        if images.dtype == torch.uint8:
+            images = normalize(images, self.memory_pos.dtype)
         x = self.vit.forward_features(images)  # [B, prefix + N, C_enc], final-normed
         return self.proj(x[:, self.vit.num_prefix_tokens :]) + self.memory_pos.to(x.dtype)
 
