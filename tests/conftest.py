@@ -86,6 +86,20 @@ def images() -> torch.Tensor:
     return torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture
+def compiled_graphs() -> Callable[[], int]:
+    """Start from an empty torch.compile cache; the returned function counts the graphs compiled since.
+
+    Tests of compiled decoding check the count, so that they fail if torch.compile fell back to eager
+    (it does so silently past its recompile limit, which earlier tests in the session could reach).
+    """
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    return lambda: counters["stats"]["unique_graphs"]
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """48 train + 16 val synthetic images (64 px) in the COCO 2014 + VQAv2 layout. Do not modify: copy first."""

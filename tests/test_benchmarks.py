@@ -44,7 +44,7 @@ def test_train_throughput_writes_results(synthetic_root: Path, tmp_path: Path, m
     assert rows["trainer"]["vocab_size"] == 423  # the trained tokenizer was padded to the demo vocabulary
 
 
-def test_generate_latency_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_generate_latency_writes_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compiled_graphs):
     gen = bench("generate_latency", monkeypatch)
     out = tmp_path / "generate.json"
     args = ["--device", "cpu", "--size", "demo", "--new-tokens", "6", "--reps", "1", "--warmup", "0"]
@@ -60,6 +60,7 @@ def test_generate_latency_writes_results(tmp_path: Path, monkeypatch: pytest.Mon
     rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
     assert rows.keys() == {"ours", "ours_compiled"}
     assert rows["ours_compiled"]["same_tokens_as_ours"] == 1.0
+    assert compiled_graphs() == 1  # it really ran compiled
 
 
 def test_forward_flops_formula_counts_every_matmul(monkeypatch: pytest.MonkeyPatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -212,7 +213,7 @@ def test_evaluate_command_writes_standard_files(model_dir: Path, synthetic_root:
 
 
 def test_evaluate_command_compiled_writes_the_same_results(
-    model_dir: Path, synthetic_root: Path, tmp_path: Path
+    model_dir: Path, synthetic_root: Path, tmp_path: Path, compiled_graphs: Callable[[], int]
 ) -> None:
     """--compile decodes every caption and answer of the split to the same text (two shapes: captions, answers)."""
     argv = ["evaluate", "--model", str(model_dir), "--data-root", str(synthetic_root), "--split", "val"]
@@ -222,6 +223,7 @@ def test_evaluate_command_compiled_writes_the_same_results(
     for name in ("captions_results.json", "vqa_results.json"):
         plain = json.loads((tmp_path / "plain" / name).read_text())
         assert len(plain) >= 16 and json.loads((tmp_path / "compiled" / name).read_text()) == plain
+    assert compiled_graphs() == 2  # captions and answers: two shapes
 
 
 def test_answer_top_k_is_ranked_and_sums_to_at_most_one(model_dir: Path, synthetic_root: Path) -> None:
@@ -302,7 +304,7 @@ def test_caption_command_batches_equal_single(
 
 
 def test_caption_command_compiled_equals_uncompiled(
-    model_dir: Path, synthetic_root: Path, capsys: pytest.CaptureFixture
+    model_dir: Path, synthetic_root: Path, capsys: pytest.CaptureFixture, compiled_graphs: Callable[[], int]
 ) -> None:
     """--compile (5 images: one batch, padded to 8 rows) gives the uncompiled captions."""
     paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[5:10]]
@@ -311,6 +313,7 @@ def test_caption_command_compiled_equals_uncompiled(
     plain = capsys.readouterr().out.splitlines()
     assert main([*args[:-5], "--compile", *paths]) == 0
     assert capsys.readouterr().out.splitlines() == plain
+    assert compiled_graphs() == 1
     assert len(plain) == 5 and all(len(line.split("\t")[1]) > 0 for line in plain)
 
 

@@ -359,7 +359,9 @@ def test_beam_hypotheses_are_ranked_and_hold_the_best(tiny_model: VisionAttnMode
 # -------------------------------------------------------------------------------------- compiled decoding
 
 
-def test_compiled_decoder_gives_the_tokens_of_eager_decoding(tiny_model: VisionAttnModel, images: Tensor) -> None:
+def test_compiled_decoder_gives_the_tokens_of_eager_decoding(
+    tiny_model: VisionAttnModel, images: Tensor, compiled_graphs: Callable[[], int]
+) -> None:
     """torch.compile on CPU (CUDA graphs on a GPU): greedy and beams, left-padded prompts, batches padded to 4.
 
     The same decoder serves calls of different batch sizes, and a call after another of the same shape
@@ -384,3 +386,4 @@ def test_compiled_decoder_gives_the_tokens_of_eager_decoding(tiny_model: VisionA
         assert fast.scores == pytest.approx(eager.scores, abs=1e-4)
         assert len(fast.sequences) == n and any(len(s) >= 3 for s in fast.sequences)
     assert len(compiled._buffers) == 3  # rows 4, 8 and 12: the repeated shape reused its buffers
+    assert compiled_graphs() == 3  # one graph per shape: compiled, not an eager fallback, and no recompile
