@@ -63,13 +63,12 @@ class _DecodeState:
             raise ValueError(
                 f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds decoder.max_len={dec.cfg.max_len}"
             )
-        ids = torch.full((B, P), model.config.pad_token_id, dtype=torch.long, device=device)
-        valid = torch.zeros(B, P, dtype=torch.bool, device=device)
-        for i, p in enumerate(prompts):
-            if not p:
-                raise ValueError("every prompt needs at least one token")
-            ids[i, P - len(p) :] = torch.tensor(p, device=device)
-            valid[i, P - len(p) :] = True
+        if not all(prompts):
+            raise ValueError("every prompt needs at least one token")
+        # built as lists and copied once: a tensor write per prompt would be B (x beams) small copies to a GPU
+        pad = model.config.pad_token_id
+        ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompts], dtype=torch.long, device=device)
+        valid = torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in prompts], device=device)
         self.model, self.P, self.prompt_ids, self.prompt_valid = model, P, ids, valid
         heads, head_dim = dec.cfg.num_heads, dec.cfg.dim // dec.cfg.num_heads
         dtype = image_kv[0][0].dtype

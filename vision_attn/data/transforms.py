@@ -19,10 +19,20 @@ def image_transform(image_size: int) -> v2.Compose:
     return v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)])
 
 
-def normalize(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """uint8 images [..., 3, H, W] -> `dtype` images scaled to 0..1 and normalised by MEAN and STD."""
+def pixel_stats() -> tuple[Tensor, Tensor]:
+    """MEAN and STD as [3, 1, 1] tensors (the encoder keeps them as buffers, on its device)."""
+    return torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
+
+
+def normalize(
+    images: Tensor, dtype: torch.dtype = torch.float32, mean: Tensor | None = None, std: Tensor | None = None
+) -> Tensor:
+    """uint8 images [..., 3, H, W] -> `dtype` images scaled to 0..1 and normalised by `mean` and `std`.
+
+    mean, std: [3, 1, 1] on the images' device (default: `pixel_stats()`, copied there on each call).
+    """
     if images.dtype != torch.uint8:
         raise TypeError(f"normalize expects uint8 images (0..255), got {images.dtype}")
-    mean = torch.tensor(MEAN, device=images.device)[:, None, None]
-    std = torch.tensor(STD, device=images.device)[:, None, None]
+    if mean is None or std is None:
+        mean, std = (t.to(images.device) for t in pixel_stats())
     return ((images.float() / 255 - mean) / std).to(dtype)

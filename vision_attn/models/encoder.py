@@ -12,7 +12,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor, nn
 
 from vision_attn.config import EncoderConfig
-from vision_attn.data.transforms import normalize
+from vision_attn.data.transforms import normalize, pixel_stats
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ class ImageEncoder(nn.Module):
         # content, which position words and left-of/closest-to questions need. No parameters.
         grid = [cfg.grid_size, cfg.grid_size]
         self.register_buffer("memory_pos", build_sincos2d_pos_embed(grid, dim=out_dim), persistent=False)  # [N, C]
+        # the pixel statistics of `normalize`, kept on the model's device: no host-to-device copy per forward
+        mean, std = pixel_stats()
+        self.register_buffer("pixel_mean", mean, persistent=False)  # [3, 1, 1]
+        self.register_buffer("pixel_std", std, persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
         """images [B, 3, H, W] -> patch tokens [B, N, out_dim], N = grid_size^2.
@@ -54,7 +58,7 @@ class ImageEncoder(nn.Module):
         device; floating-point images are taken as already normalised.
         """
         if images.dtype == torch.uint8:
-            images = normalize(images, self.memory_pos.dtype)
+            images = normalize(images, self.memory_pos.dtype, self.pixel_mean.float(), self.pixel_std.float())
         x = self.vit.forward_features(images)  # [B, prefix + N, C_enc], final-normed
         return self.proj(x[:, self.vit.num_prefix_tokens :]) + self.memory_pos.to(x.dtype)
 
