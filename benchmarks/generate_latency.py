@@ -12,7 +12,7 @@ Ours at the demo size is the trained demo model (`--model-dir`; its encoder has 
 patch projection) or, without `--model-dir`, a random model of the same shape; the peer is random, same shape.
 Weights are bf16 on a GPU and float32 on CPU for both. Latency is the median over repetitions; on CPU ours and
 the peer alternate call by call (a shared machine slows both alike), on a GPU each runs alone.
-`ours_compiled`: our `generate` with a `CompiledDecoder` (what `Pipeline` uses on a GPU): each token's step is
+`ours_compiled`: our `generate` with a `CompiledDecoder` (what `Pipeline(compile=True)` uses): each token's step is
 compiled once per shape (replayed as a CUDA graph on a GPU, inductor C++ kernels on CPU; compilation happens
 in the untimed calls).
 """

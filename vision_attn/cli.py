@@ -55,8 +55,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from vision_attn.inference import Pipeline
 
         pipe = Pipeline.from_pretrained(args.model, device=args.device, compile=args.compile)
-        gen = {"batch_size": args.batch_size, "num_beams": args.num_beams, "compiled": pipe.compiled}
-        preds = evaluate_records(pipe.model, pipe.codec, records, **gen)
+        preds = evaluate_records(
+            pipe.model, pipe.codec, records, args.batch_size, num_beams=args.num_beams, compiled=pipe.compiled
+        )
     meteor = java_available() and not args.no_meteor
     if preds.captions and not meteor:
         log.warning("METEOR skipped: %s", "--no-meteor" if args.no_meteor else "no Java runtime on PATH")

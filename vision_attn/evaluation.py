@@ -122,8 +122,8 @@ def evaluate_records(
     for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):
         skipped += batch["skipped"]
         if "images" in batch:
-            images, records = batch["images"].to(device), batch["records"]
-            preds.merge(predict_batch(model, codec, images, records, num_beams=num_beams, compiled=compiled))
+            images = batch["images"].to(device)
+            preds.merge(predict_batch(model, codec, images, batch["records"], num_beams=num_beams, compiled=compiled))
     if skipped:
         log.warning("skipped %d unreadable images", skipped)
     return preds
