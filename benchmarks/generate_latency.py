@@ -43,8 +43,9 @@ from benchmarks.common import (
     time_interleaved,
     write_results,
 )
-from vision_attn.generation import CompiledDecoder, generate
+from vision_attn.decoding import CompiledDecoder
 from vision_attn.models import VisionAttnModel
+from vision_attn.tasks import GenerationConfig, generate
 
 log = logging.getLogger("benchmarks.generate_latency")
 VARIANTS = ("peer", "ours", "ours_compiled")
@@ -106,12 +107,11 @@ def callers(args: argparse.Namespace, ours, compiled, peer, batch: int, beams: i
     images = torch.randn(batch, 3, size.image_size, size.image_size, generator=g).to(device=device, dtype=dtype)
     prompt_ids = torch.tensor([PROMPT] * batch, device=device)
     n = args.new_tokens
+    config = GenerationConfig(max_new_tokens=n, num_beams=beams)
     fns: dict[str, Any] = {}
     for name, comp in (("ours", None), ("ours_compiled", compiled)):
         if name in args.variants:
-            fns[name] = lambda comp=comp: (
-                generate(ours, images, [PROMPT] * batch, max_new_tokens=n, num_beams=beams, compiled=comp).sequences
-            )
+            fns[name] = lambda comp=comp: generate(ours, images, [PROMPT] * batch, config, compiled=comp).sequences
     if "peer" in args.variants:
 
         @torch.inference_mode()

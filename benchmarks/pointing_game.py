@@ -52,7 +52,7 @@ def main() -> None:
     args = p.parse_args()
 
     torch.manual_seed(0)
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    pipe = Pipeline.from_pretrained(args.model, device=args.device, batch_size=args.batch_size)
     root = Path(args.data_root)
     records = read_split(root, args.split)[: args.max_images]
     instances = find_split_files(root, args.split).instances_json
@@ -62,7 +62,7 @@ def main() -> None:
             "(the built-in dataset has them: vision-attn make-synthetic)"
         )
     start = time.perf_counter()
-    rows = pointing_game(pipe.model, pipe.codec, records, read_scenes(instances), batch_size=args.batch_size)
+    rows = pointing_game(pipe, records, read_scenes(instances))
     seconds = time.perf_counter() - start
     summary = summarise(rows)
     print(table(summary))

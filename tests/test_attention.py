@@ -1,4 +1,4 @@
-"""Attention blocks against a hand-written float64 reference, and the KV cache."""
+"""Attention blocks against a hand-written float64 reference, the attention recorder, and the KV cache."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from vision_attn.layers import CrossAttention, KVCache, SelfAttention, attention_weights
+from vision_attn.layers import AttentionRecorder, CrossAttention, KVCache, SelfAttention, attention_weights
 
 B, T, N, C, H = 3, 7, 5, 24, 4
 D = C // H
@@ -136,45 +136,45 @@ def test_cross_attention_matches_reference(cross_attn: CrossAttention, dtype: to
     x, memory = _x(B, T, C), _x(B, N, C)
     expected = ref_cross_attention(cross_attn, x, memory)
     attn = cross_attn.to(dtype)
-    got, weights = attn(x.to(dtype), attn.image_kv(memory.to(dtype)))
-    assert weights is None
+    got = attn(x.to(dtype), attn.image_kv(memory.to(dtype)))
     torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cross_attention_weights_path_equals_sdpa_path(cross_attn: CrossAttention, dtype: torch.dtype) -> None:
+def test_recorded_weights_are_what_the_sdpa_path_used(cross_attn: CrossAttention, dtype: torch.dtype) -> None:
+    """The recorder's explicit softmax, applied to the values, gives the module's own (SDPA) output."""
     attn = cross_attn.to(dtype)
     x, memory = _x(B, T, C).to(dtype), _x(B, N, C).to(dtype)
-    kv = attn.image_kv(memory)
-    sdpa, _ = attn(x, kv)
-    explicit, weights = attn(x, kv, need_weights=True)
+    k, v = attn.image_kv(memory)
+    with AttentionRecorder([attn]) as recorder:
+        sdpa = attn(x, (k, v))
+    weights = recorder.weights[0]
+    assert weights is not None and weights.shape == (B, H, T, N)
+    explicit = attn.proj((weights @ v).transpose(1, 2).reshape(B, T, C))
     tol = 1e-6 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(explicit, sdpa, atol=tol, rtol=tol)
-    assert weights is not None and weights.shape == (B, H, T, N)
     torch.testing.assert_close(weights.sum(-1), torch.ones(B, H, T, dtype=dtype))
     assert weights.max() > 2.0 / N  # not uniform: the test would not notice a missing scale otherwise
+    torch.testing.assert_close(torch.stack(recorder.last_query()), weights[None, :, :, -1], atol=0, rtol=0)
+
+
+def test_recorder_detaches_and_records_nothing_after() -> None:
+    attn = CrossAttention(C, H).eval()
+    x, kv = _x(B, T, C).float(), attn.image_kv(_x(B, N, C).float())
+    recorder = AttentionRecorder([attn])
+    with pytest.raises(RuntimeError, match="no cross-attention has run"):
+        recorder.last_query()
+    recorder.remove()
+    attn(x, kv)
+    assert recorder.weights == [None]  # the hook is gone
 
 
 def test_attention_weights_match_explicit_softmax_and_sum_to_one() -> None:
     q, k = _x(B, H, T, D), _x(B, H, T + 3, D)
-    mask = torch.rand(B, 1, T, T + 3, generator=torch.Generator().manual_seed(0)) > 0.3
-    mask[..., 0] = True  # every query keeps at least one key
-    w = attention_weights(q, k, mask)
-    scores = (q @ k.transpose(-2, -1) / D**0.5).masked_fill(~mask, float("-inf"))
+    w = attention_weights(q, k)
+    scores = q @ k.transpose(-2, -1) / D**0.5
     torch.testing.assert_close(w, scores.exp() / scores.exp().sum(-1, keepdim=True), atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(w.sum(-1), torch.ones(B, H, T, dtype=torch.float64))
-    assert (w[~mask.expand_as(w)] == 0).all()
-
-
-def test_attention_weights_causal_aligns_queries_to_the_last_keys() -> None:
-    """With T queries over S >= T keys (a cache), query i is the (S - T + i)-th token and sees keys 0..S-T+i."""
-    S = T + 3
-    q, k = _x(1, H, T, D), _x(1, H, S, D)
-    w = attention_weights(q, k, is_causal=True)
-    allowed = torch.ones(T, S, dtype=torch.bool).tril(S - T)
-    assert (w[..., ~allowed] == 0).all()
-    assert (w[..., allowed] > 0).all()
-    torch.testing.assert_close(w.sum(-1), torch.ones(1, H, T, dtype=torch.float64))
 
 
 def test_kv_cache_writes_at_slots_and_returns_the_whole_buffer() -> None:

@@ -18,10 +18,11 @@ from vision_attn.attention_maps import (
 )
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 from vision_attn.data.tokenizer import TextCodec, train_tokenizer
-from vision_attn.generation import generate
+from vision_attn.layers import AttentionRecorder
 from vision_attn.models import VisionAttnModel
 from vision_attn.pointing import Scene, SceneObject, named_object, patch_chance, peak_in_box, pointing_game, read_scenes
 from vision_attn.pointing import summarise as summarise_pointing
+from vision_attn.tasks import GenerationConfig, generate
 
 EOS = 2
 PROMPTS = [[1, 3], [1, 4, 7, 9, 11, 5], [1], [1, 4, 20, 5]]  # left-padded when batched
@@ -38,7 +39,7 @@ def eos_from_call(model: VisionAttnModel, members: int, first_call: dict[int, in
         out = out.clone()
         for b, start in first_call.items():
             if c >= start:
-                out[b * k : (b + 1) * k, :, EOS] += 3.0
+                out[b * k : (b + 1) * k, EOS] += 3.0
         return out
 
     return model.decoder.lm_head.register_forward_hook(hook)
@@ -46,9 +47,9 @@ def eos_from_call(model: VisionAttnModel, members: int, first_call: dict[int, in
 
 def teacher_forced_maps(model: VisionAttnModel, image: Tensor, prompt: list[int], seq: list[int]) -> Tensor:
     """Cross-attention [L, H, len(seq), N] of the queries that predict seq, from one uncached pass."""
-    with torch.inference_mode():
-        kv = model.decoder.image_kv(model.encode(image[None]))
-        _, weights = model.decoder(torch.tensor([prompt + seq]), kv, need_weights=True)
+    with torch.inference_mode(), AttentionRecorder(b.cross_attn for b in model.decoder.blocks) as recorder:
+        model(image[None], torch.tensor([prompt + seq]))
+    weights = recorder.weights
     start = len(prompt) - 1
     return torch.stack([w[0, :, start : start + len(seq)] for w in weights])
 
@@ -76,12 +77,16 @@ def photos() -> list[Tensor]:
 # ---------------------------------------------------------------------------------- generation with maps
 
 
+def gen(model: VisionAttnModel, images: Tensor, prompts: list[list[int]], maps: bool = False, **config):
+    return generate(model, images, prompts, GenerationConfig(**config), record_maps=maps)
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_explicit_softmax_path_gives_the_sdpa_outputs(make_model, images: Tensor, num_beams: int) -> None:
     model = make_model(dtype=torch.float64)
     images = images.double()
-    plain = generate(model, images, PROMPTS, max_new_tokens=10, num_beams=num_beams)
-    mapped = generate(model, images, PROMPTS, max_new_tokens=10, num_beams=num_beams, return_attention=True)
+    plain = gen(model, images, PROMPTS, max_new_tokens=10, num_beams=num_beams)
+    mapped = gen(model, images, PROMPTS, True, max_new_tokens=10, num_beams=num_beams)
     assert plain.attentions is None
     assert mapped.sequences == plain.sequences and mapped.hypotheses == plain.hypotheses
     assert mapped.scores == pytest.approx(plain.scores, abs=1e-9)
@@ -103,12 +108,19 @@ def test_plain_generation_never_runs_the_explicit_path(
 
     monkeypatch.setattr(attention_module, "attention_weights", spy)
     for k in (1, 3):
-        generate(tiny_model, images, PROMPTS, max_new_tokens=6, num_beams=k)
-    pipe.caption(photos, max_new_tokens=6)
+        gen(tiny_model, images, PROMPTS, max_new_tokens=6, num_beams=k)
+    pipe.caption(photos, GenerationConfig(max_new_tokens=6))
     pipe.answer(photos[0], "what color is the circle?")
+    pipe.rank_answers(photos[0], "what color is the circle?", top_k=2)
     assert calls["n"] == 0
-    generate(tiny_model, images, PROMPTS, max_new_tokens=6, return_attention=True)
+    gen(tiny_model, images, PROMPTS, True, max_new_tokens=6)
     assert calls["n"] > 0  # the spy sees the explicit path when it is asked for
+    calls["n"] = 0
+    pipe.rank_answers(photos[0], "what color is the circle?", top_k=2, with_maps=True)
+    assert calls["n"] > 0
+    calls["n"] = 0
+    pipe.caption(photos, GenerationConfig(max_new_tokens=6))  # the recorder is detached after a decode with maps
+    assert calls["n"] == 0
 
 
 @pytest.mark.parametrize("seed", [0, 2, 25])
@@ -127,7 +139,7 @@ def test_maps_are_those_of_the_returned_sequence(make_model, images: Tensor, num
     lengths = []
     for schedule in ({0: 3, 2: 5}, {0: 1, 1: 2, 2: 4, 3: 6}):  # from which decoder call members tend to stop
         with eos_from_call(model, len(PROMPTS), schedule):
-            out = generate(model, images, PROMPTS, max_new_tokens=max_new, num_beams=num_beams, return_attention=True)
+            out = gen(model, images, PROMPTS, True, max_new_tokens=max_new, num_beams=num_beams)
         for i, (prompt, seq) in enumerate(zip(PROMPTS, out.sequences, strict=True)):
             torch.testing.assert_close(out.attentions[i], teacher_forced_maps(model, images[i], prompt, seq))
         lengths += [len(s) for s in out.sequences]
@@ -138,10 +150,10 @@ def test_maps_are_those_of_the_returned_sequence(make_model, images: Tensor, num
 def test_batch_maps_equal_each_member_alone(make_model, images: Tensor, num_beams: int) -> None:
     model = make_model(dtype=torch.float64)
     images = images.double()
-    kw = {"max_new_tokens": 8, "num_beams": num_beams, "return_attention": True}
-    batch = generate(model, images, PROMPTS, **kw)
+    kw = {"max_new_tokens": 8, "num_beams": num_beams}
+    batch = gen(model, images, PROMPTS, True, **kw)
     for i, prompt in enumerate(PROMPTS):
-        alone = generate(model, images[i : i + 1], [prompt], **kw)
+        alone = gen(model, images[i : i + 1], [prompt], True, **kw)
         torch.testing.assert_close(batch.attentions[i], alone.attentions[0])
 
 
@@ -150,8 +162,9 @@ def test_batch_maps_equal_each_member_alone(make_model, images: Tensor, num_beam
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_pipeline_results_hold_maps_that_sum_to_one(pipe: Pipeline, photos: list[Tensor], num_beams: int) -> None:
-    results = pipe.caption(photos, num_beams=num_beams, max_new_tokens=12, return_attention=True)
-    assert [r.text for r in results] == pipe.caption(photos, num_beams=num_beams, max_new_tokens=12)
+    config = GenerationConfig(num_beams=num_beams, max_new_tokens=12)
+    results = pipe.caption_maps(photos, config)
+    assert [r.text for r in results] == pipe.caption(photos, config)
     for r in results:
         T, W = len(r.token_ids), len(r.words)
         assert r.grid == (4, 4) and r.raw.shape == (2, 2, T, 16) and r.layer == "mean"
@@ -164,21 +177,48 @@ def test_pipeline_results_hold_maps_that_sum_to_one(pipe: Pipeline, photos: list
         for span, m in zip(r.word_tokens, r.word_maps, strict=True):
             torch.testing.assert_close(m, r.token_maps[span].mean(0))
     assert any(len(span) > 1 for r in results for span in r.word_tokens)  # some words were merged
-    last = pipe.caption(photos[0], max_new_tokens=12, return_attention=True, attention_layer=-1)
+    last = pipe.caption_maps(photos[0], GenerationConfig(max_new_tokens=12), layer=-1)
     torch.testing.assert_close(last.token_maps.flatten(1), last.raw[-1].mean(0))
 
 
 def test_pipeline_answers_with_maps(pipe: Pipeline, photos: list[Tensor]) -> None:
     qs = ["what color is the circle?", "where is the red square?"]
-    results = pipe.answer(photos[:2], qs, return_attention=True)
+    results = pipe.answer_maps(photos[:2], qs)
     assert [r.text for r in results] == pipe.answer(photos[:2], qs)
-    alone = pipe.answer(photos[1], qs[1], return_attention=True)
+    alone = pipe.answer_maps(photos[1], qs[1])
     torch.testing.assert_close(alone.raw, results[1].raw)
     torch.testing.assert_close(alone.rollout, results[1].rollout)
-    with pytest.raises(ValueError, match="without top_k"):
-        pipe.answer(photos[0], qs[0], top_k=2, return_attention=True)
     with pytest.raises(ValueError, match="attention_layer"):
-        pipe.caption(photos[0], return_attention=True, attention_layer=2)
+        pipe.caption_maps(photos[0], layer=2)
+    with pytest.raises(ValueError, match="attention_layer"):
+        pipe.rank_answers(photos[0], qs[0], top_k=2, with_maps=True, layer=5)
+
+
+def test_ranked_answers_carry_the_maps_of_the_best_answer_from_one_search(
+    pipe: Pipeline, photos: list[Tensor], monkeypatch
+) -> None:
+    """`rank_answers(with_maps=True)` runs one beam search whose best answer is the first ranked one, and its
+    maps are those of a separate mapped decode with the same beams and no length penalty."""
+    import vision_attn.tasks as tasks_module
+
+    qs = ["what color is the circle?", "where is the red square?", "how many?"]
+    searches = {"n": 0}
+    real = tasks_module.beam_search
+
+    def counting(*args, **kwargs):
+        searches["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks_module, "beam_search", counting)
+    ranked = pipe.rank_answers(photos, qs, top_k=3, config=GenerationConfig(num_beams=3), with_maps=True)
+    assert searches["n"] == 2  # the pipeline's batch size is 2: one search per batch, not one more for the maps
+    plain = pipe.rank_answers(photos, qs, top_k=3, config=GenerationConfig(num_beams=3))
+    mapped = pipe.answer_maps(photos, qs, GenerationConfig(num_beams=3, length_penalty=0.0))
+    for r, p, m in zip(ranked, plain, mapped, strict=True):
+        assert [a.answer for a in r.answers] == [a.answer for a in p.answers]
+        assert r.maps is not None and r.maps.text == r.answers[0].answer == m.text
+        torch.testing.assert_close(r.maps.raw, m.raw)
+        assert p.maps is None
 
 
 def test_group_words_joins_tokens_without_a_leading_space() -> None:
@@ -268,7 +308,8 @@ def test_pointing_game_on_a_trained_model_beats_chance(trained_tiny: TrainedTiny
     by chance (5.1x); the demo model, trained longer, reaches 13.8x (benchmarks/README.md).
     """
     scenes = read_scenes(trained_tiny.root / "annotations" / "instances_val2014.json")
-    rows = pointing_game(trained_tiny.model, trained_tiny.codec, trained_tiny.val_records, scenes)
+    pipe = Pipeline(trained_tiny.model, trained_tiny.codec, torch.device("cpu"))
+    rows = pointing_game(pipe, trained_tiny.val_records, scenes)
     res = summarise_pointing(rows)["all"]
     print(res)
     assert res["n"] >= 100

@@ -9,12 +9,27 @@ import pytest
 import torch
 from torch import Tensor
 
-from vision_attn.generation import CompiledDecoder, _DecodeState, generate
+from vision_attn.decoding import CompiledDecoder, DecodingSession, GenerationOutput
 from vision_attn.models import VisionAttnModel
+from vision_attn.tasks import GenerationConfig, generate, score_continuations
 
 EOS = 2  # the tiny models use the default special ids (pad 0, bos 1, eos 2)
 # prompts of different lengths, so batches are left-padded (1 token up to 6)
 PROMPTS = [[1, 3], [1, 4, 7, 9, 11, 5], [1], [1, 4, 20, 5]]
+
+
+def gen(
+    model: VisionAttnModel,
+    images: Tensor,
+    prompts: list[list[int]],
+    image_index: Tensor | None = None,
+    compiled: CompiledDecoder | None = None,
+    max_new_tokens: int = 32,
+    **config,
+) -> GenerationOutput:
+    """`generate` with the decoding settings as keywords (those of `GenerationConfig`)."""
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, **config)
+    return generate(model, images, prompts, cfg, image_index=image_index, compiled=compiled)
 
 
 def eos_hook(
@@ -33,7 +48,7 @@ def eos_hook(
         k = out.shape[0] // members
         out = out.clone()
         for b in range(members):
-            out[b * k : (b + 1) * k, :, EOS] = rule(c, b)
+            out[b * k : (b + 1) * k, ..., EOS] = rule(c, b)
         return out
 
     return model.decoder.lm_head.register_forward_hook(hook)
@@ -65,14 +80,13 @@ def test_tiny_model_generates_varied_image_dependent_tokens(
 ) -> None:
     """Guards the fixture: with the library's small init every step would emit the same token."""
     with no_eos(tiny_model):
-        out = generate(tiny_model, images, [[1, 3]] * 4, max_new_tokens=12)
+        out = gen(tiny_model, images, [[1, 3]] * 4, max_new_tokens=12)
     assert all(len(s) == 12 for s in out.sequences)
     assert len({tuple(s) for s in out.sequences}) >= 3  # the image changes the text
     assert all(len(set(s)) >= 3 for s in out.sequences)  # not one token repeated
     # for some seeds, some sequences stop at EOS and some do not
     lengths = [
-        {len(s) for s in generate(make_model(seed=seed), images, PROMPTS, max_new_tokens=12).sequences}
-        for seed in range(10)
+        {len(s) for s in gen(make_model(seed=seed), images, PROMPTS, max_new_tokens=12).sequences} for seed in range(10)
     ]
     assert any(len(x) >= 2 for x in lengths)
 
@@ -83,9 +97,9 @@ def test_tiny_model_generates_varied_image_dependent_tokens(
 def cached_greedy(
     model: VisionAttnModel, images: Tensor, prompts: list[list[int]], steps: int
 ) -> tuple[Tensor, Tensor]:
-    """Greedy decoding through `_DecodeState` (no EOS stop): per-step logits [B, steps, V] and tokens [B, steps]."""
+    """Greedy decoding through a `DecodingSession` (no EOS stop): per-step logits [B, steps, V], tokens [B, steps]."""
     with torch.inference_mode():
-        state = _DecodeState(model, model.decoder.image_kv(model.encode(images)), prompts, steps)
+        state = DecodingSession(model, images, prompts, steps)
         logits = state.prefill()
         all_logits, tokens = [], []
         for t in range(steps):
@@ -110,7 +124,7 @@ def test_cached_logits_equal_uncached_logits(tiny_model: VisionAttnModel, images
 
 def test_greedy_tokens_equal_teacher_forced_argmax(tiny_model: VisionAttnModel, images: Tensor) -> None:
     max_new = 12
-    out = generate(tiny_model, images, PROMPTS, max_new_tokens=max_new)
+    out = gen(tiny_model, images, PROMPTS, max_new_tokens=max_new)
     assert any(len(s) < max_new for s in out.sequences) and any(len(s) >= 3 for s in out.sequences)
     for i, (prompt, seq) in enumerate(zip(PROMPTS, out.sequences, strict=True)):
         logp = teacher_forced_logp(tiny_model, images[i], prompt, seq)
@@ -130,10 +144,10 @@ def test_greedy_tokens_equal_teacher_forced_argmax(tiny_model: VisionAttnModel, 
 def test_batch_equals_each_member_alone(make_model, images: Tensor, num_beams: int) -> None:
     model = make_model(dtype=torch.float64)
     images = images.double()
-    batch = generate(model, images, PROMPTS, max_new_tokens=10, num_beams=num_beams)
+    batch = gen(model, images, PROMPTS, max_new_tokens=10, num_beams=num_beams)
     assert len({tuple(s) for s in batch.sequences}) == len(PROMPTS)
     for i, prompt in enumerate(PROMPTS):
-        alone = generate(model, images[i : i + 1], [prompt], max_new_tokens=10, num_beams=num_beams)
+        alone = gen(model, images[i : i + 1], [prompt], max_new_tokens=10, num_beams=num_beams)
         assert batch.sequences[i] == alone.sequences[0]
         assert batch.scores[i] == pytest.approx(alone.scores[0], abs=1e-5)
 
@@ -141,12 +155,12 @@ def test_batch_equals_each_member_alone(make_model, images: Tensor, num_beams: i
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_image_index_equals_repeated_images(tiny_model: VisionAttnModel, images: Tensor, num_beams: int) -> None:
     index = torch.tensor([2, 0, 2, 1])
-    shared = generate(tiny_model, images[:3], PROMPTS, image_index=index, max_new_tokens=8, num_beams=num_beams)
-    repeated = generate(tiny_model, images[index], PROMPTS, max_new_tokens=8, num_beams=num_beams)
+    shared = gen(tiny_model, images[:3], PROMPTS, image_index=index, max_new_tokens=8, num_beams=num_beams)
+    repeated = gen(tiny_model, images[index], PROMPTS, max_new_tokens=8, num_beams=num_beams)
     assert shared.sequences == repeated.sequences
     assert shared.scores == pytest.approx(repeated.scores, abs=1e-5)
     # and the index is honoured: the default pairing (prompt i with image i) gives other texts
-    other = generate(tiny_model, images[:4], PROMPTS, max_new_tokens=8, num_beams=num_beams)
+    other = gen(tiny_model, images[:4], PROMPTS, max_new_tokens=8, num_beams=num_beams)
     assert other.sequences != shared.sequences
 
 
@@ -159,7 +173,7 @@ def test_no_eos_runs_to_max_new_tokens(
     tiny_model: VisionAttnModel, images: Tensor, num_beams: int, eos_logit: float
 ) -> None:
     with no_eos(tiny_model, eos_logit):
-        out = generate(tiny_model, images[:3], PROMPTS[:3], max_new_tokens=7, num_beams=num_beams)
+        out = gen(tiny_model, images[:3], PROMPTS[:3], max_new_tokens=7, num_beams=num_beams)
     assert [len(s) for s in out.sequences] == [7, 7, 7]
     vocab = tiny_model.config.decoder.vocab_size
     assert all(0 <= tok < vocab and tok != EOS for s in out.sequences for tok in s)
@@ -171,7 +185,7 @@ def test_no_eos_runs_to_max_new_tokens(
 def test_more_beams_than_vocabulary(make_model, make_config, images: Tensor, num_beams: int, forbid_eos: bool) -> None:
     model = make_model(make_config(vocab_size=8))
     hook = no_eos(model) if forbid_eos else None
-    out = generate(model, images[:2], [[1, 3], [1, 4, 5]], max_new_tokens=5, num_beams=num_beams)
+    out = gen(model, images[:2], [[1, 3], [1, 4, 5]], max_new_tokens=5, num_beams=num_beams)
     if hook:
         hook.remove()
         assert [len(s) for s in out.sequences] == [5, 5]
@@ -217,7 +231,7 @@ def test_beam_search_with_enough_beams_is_exhaustive(
     bias[EOS] = float("-inf") if eos_bias is None else eos_bias
     hook = model.decoder.lm_head.register_forward_hook(lambda _m, _i, out: out + bias)
     prompts = [[1, 3], [1, 4, 5], [1], [1, 6]]
-    out = generate(model, images, prompts, max_new_tokens=max_new, num_beams=num_beams, length_penalty=length_penalty)
+    out = gen(model, images, prompts, max_new_tokens=max_new, num_beams=num_beams, length_penalty=length_penalty)
     lengths = []
     for i, prompt in enumerate(prompts):
         seq, score = _exhaustive_best(model, images[i], prompt, max_new, vocab, length_penalty)
@@ -237,15 +251,15 @@ def test_eos_stops_only_its_member(tiny_model: VisionAttnModel, images: Tensor, 
     """Member 1 is forced to EOS from its third token on; the others can never end and must run on unchanged."""
     kw = {"max_new_tokens": 8, "num_beams": num_beams}
     with no_eos(tiny_model):
-        free = generate(tiny_model, images[:3], PROMPTS[:3], **kw)
+        free = gen(tiny_model, images[:3], PROMPTS[:3], **kw)
     with eos_hook(tiny_model, 3, lambda c, b: 1e4 if (b == 1 and c >= 2) else float("-inf")):
-        forced = generate(tiny_model, images[:3], PROMPTS[:3], **kw)
+        forced = gen(tiny_model, images[:3], PROMPTS[:3], **kw)
     assert [len(s) for s in forced.sequences] == [8, 2, 8]
     assert forced.sequences[0] == free.sequences[0] and forced.sequences[2] == free.sequences[2]
     assert forced.scores[0] == pytest.approx(free.scores[0], abs=1e-5)
     # member 1 ends with the best 2-token text (its EOS costs ~0 log-prob), as if it had been cut at 2 tokens
     with no_eos(tiny_model):
-        cut = generate(tiny_model, images[:3], PROMPTS[:3], max_new_tokens=2, num_beams=num_beams)
+        cut = gen(tiny_model, images[:3], PROMPTS[:3], max_new_tokens=2, num_beams=num_beams)
     assert forced.sequences[1] == cut.sequences[1]
 
 
@@ -255,10 +269,10 @@ def test_eos_stops_only_its_member(tiny_model: VisionAttnModel, images: Tensor, 
 @pytest.mark.parametrize("num_beams", [1, 3])
 @pytest.mark.parametrize("max_new", [1, 5])
 def test_max_new_tokens_is_respected(tiny_model: VisionAttnModel, images: Tensor, max_new: int, num_beams: int) -> None:
-    out = generate(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=num_beams)
+    out = gen(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=num_beams)
     assert all(len(s) <= max_new for s in out.sequences)
     with no_eos(tiny_model):
-        out = generate(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=num_beams)
+        out = gen(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=num_beams)
     assert all(len(s) == max_new for s in out.sequences)
 
 
@@ -266,12 +280,12 @@ def test_max_new_tokens_is_respected(tiny_model: VisionAttnModel, images: Tensor
 def test_prompt_plus_max_new_tokens_up_to_max_len(tiny_model: VisionAttnModel, images: Tensor, num_beams: int) -> None:
     prompt, max_len = [1, 4, 7, 5], tiny_model.config.decoder.max_len
     with no_eos(tiny_model):  # exactly max_len tokens in all: fits, and every position is used
-        out = generate(tiny_model, images[:1], [prompt], max_new_tokens=max_len - 4, num_beams=num_beams)
+        out = gen(tiny_model, images[:1], [prompt], max_new_tokens=max_len - 4, num_beams=num_beams)
     assert len(out.sequences[0]) == max_len - 4
     with pytest.raises(ValueError, match="max_len"):
-        generate(tiny_model, images[:1], [prompt], max_new_tokens=max_len - 3, num_beams=num_beams)
+        gen(tiny_model, images[:1], [prompt], max_new_tokens=max_len - 3, num_beams=num_beams)
     with pytest.raises(ValueError, match="max_len"):  # the longest prompt of a batch counts
-        generate(tiny_model, images[:2], [[1], prompt], max_new_tokens=max_len - 3, num_beams=num_beams)
+        gen(tiny_model, images[:2], [[1], prompt], max_new_tokens=max_len - 3, num_beams=num_beams)
 
 
 @pytest.mark.parametrize(
@@ -285,34 +299,38 @@ def test_prompt_plus_max_new_tokens_up_to_max_len(tiny_model: VisionAttnModel, i
 )
 def test_invalid_settings_raise(tiny_model: VisionAttnModel, images: Tensor, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        generate(tiny_model, images[:1], [[1, 3]], **kwargs)
+        gen(tiny_model, images[:1], [[1, 3]], **kwargs)
 
 
 def test_bad_prompts_raise(tiny_model: VisionAttnModel, images: Tensor) -> None:
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
-        generate(tiny_model, images[:2], [[1, 3]])
+        gen(tiny_model, images[:2], [[1, 3]])
     with pytest.raises(ValueError, match="at least one token"):
-        generate(tiny_model, images[:2], [[1, 3], []])
+        gen(tiny_model, images[:2], [[1, 3], []])
 
 
 # ---------------------------------------------------------------------------------------------- sampling
 
 
 def _sample(model: VisionAttnModel, images: Tensor, seed: int, **kw) -> tuple[list[list[int]], list[float]]:
-    g = torch.Generator().manual_seed(seed)
-    out = generate(model, images, PROMPTS, max_new_tokens=8, do_sample=True, generator=g, **kw)
+    out = gen(model, images, PROMPTS, max_new_tokens=8, do_sample=True, seed=seed, **kw)
     return out.sequences, out.scores
 
 
-def test_sampling_is_reproducible_with_a_seeded_generator(tiny_model: VisionAttnModel, images: Tensor) -> None:
-    assert _sample(tiny_model, images, 0, top_p=0.9) == _sample(tiny_model, images, 0, top_p=0.9)
+def test_sampling_is_reproducible_with_a_seed(tiny_model: VisionAttnModel, images: Tensor) -> None:
+    (seqs, scores), (seqs2, scores2) = (
+        _sample(tiny_model, images, 0, top_p=0.9),
+        _sample(tiny_model, images, 0, top_p=0.9),
+    )
+    assert seqs == seqs2
+    assert scores == pytest.approx(scores2, abs=1e-6)
     draws = {str(_sample(tiny_model, images, seed, top_p=0.9)[0]) for seed in range(5)}
     assert len(draws) >= 2  # the generator is really used
 
 
 @pytest.mark.parametrize("kw", [{"top_p": 1e-6}, {"top_p": 1.0, "temperature": 1e-4}])
 def test_tiny_top_p_or_temperature_equals_greedy(tiny_model: VisionAttnModel, images: Tensor, kw: dict) -> None:
-    greedy = generate(tiny_model, images, PROMPTS, max_new_tokens=8)
+    greedy = gen(tiny_model, images, PROMPTS, max_new_tokens=8)
     seqs, scores = _sample(tiny_model, images, 0, **kw)
     assert seqs == greedy.sequences
     assert scores == pytest.approx(greedy.scores, abs=1e-5)
@@ -337,9 +355,7 @@ def test_sampled_tokens_stay_in_the_nucleus(make_model, images: Tensor) -> None:
 
 def test_score_continuations_equals_the_generation_score(tiny_model: VisionAttnModel, images: Tensor) -> None:
     """The summed log-probability of a greedy text and its EOS, scored by teacher forcing, is its greedy score."""
-    from vision_attn.generation import score_continuations
-
-    out = generate(tiny_model, images, PROMPTS, max_new_tokens=12)
+    out = gen(tiny_model, images, PROMPTS, max_new_tokens=12)
     stopped = [i for i, s in enumerate(out.sequences) if len(s) < 12]
     assert stopped, "the fixture must stop at EOS for some prompts"
     conts = [out.sequences[i] + [EOS] for i in stopped]
@@ -349,11 +365,30 @@ def test_score_continuations_equals_the_generation_score(tiny_model: VisionAttnM
         score_continuations(tiny_model, images[:1], [PROMPTS[0]], [[]])
 
 
-def test_beam_hypotheses_are_ranked_and_hold_the_best(tiny_model: VisionAttnModel, images: Tensor) -> None:
-    out = generate(tiny_model, images, PROMPTS, max_new_tokens=6, num_beams=4)
-    for seq, hyps in zip(out.sequences, out.hypotheses, strict=True):
-        assert 1 <= len(hyps) <= 4 and hyps[0][0] == seq
-        assert all(logp <= 0 for _, logp in hyps)
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0])
+def test_beam_hypotheses_are_ranked_and_hold_the_best(
+    tiny_model: VisionAttnModel, images: Tensor, length_penalty: float
+) -> None:
+    """Hypotheses come best length-normalised score first; each one's score is its teacher-forced log-probability
+    (with its EOS when it ended before max_new_tokens), and the first is the returned sequence."""
+    max_new = 6
+    out = gen(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=4, length_penalty=length_penalty)
+    assert out.hypotheses is not None
+    orders = set()
+    for i, (seq, hyps) in enumerate(zip(out.sequences, out.hypotheses, strict=True)):
+        assert 2 <= len(hyps) <= 4 and hyps[0][0] == seq
+        normalised = []
+        for tokens, logp in hyps:
+            ended = len(tokens) < max_new
+            tf = teacher_forced_logp(tiny_model, images[i], PROMPTS[i], tokens)
+            expected = sum(float(tf[t, tok]) for t, tok in enumerate(tokens)) + (
+                float(tf[len(tokens), EOS]) if ended else 0
+            )
+            assert logp == pytest.approx(expected, abs=1e-4)
+            normalised.append(logp / (len(tokens) + ended) ** length_penalty)
+        assert normalised == sorted(normalised, reverse=True)  # best first
+        orders.add(tuple(len(t) for t, _ in hyps))
+    assert any(len(set(o)) > 1 for o in orders)  # hypotheses of different lengths compete: the order matters
 
 
 # -------------------------------------------------------------------------------------- compiled decoding
@@ -380,8 +415,8 @@ def test_compiled_decoder_gives_the_tokens_of_eager_decoding(
         n = len(case["prompts"])
         imgs = images if "image_index" in case else images[:n]
         kw = {"max_new_tokens": 10, "num_beams": case.pop("num_beams"), **case}
-        eager = generate(tiny_model, imgs, **kw)
-        fast = generate(tiny_model, imgs, compiled=compiled, **kw)
+        eager = gen(tiny_model, imgs, **kw)
+        fast = gen(tiny_model, imgs, compiled=compiled, **kw)
         assert fast.sequences == eager.sequences
         assert fast.scores == pytest.approx(eager.scores, abs=1e-4)
         assert len(fast.sequences) == n and any(len(s) >= 3 for s in fast.sequences)

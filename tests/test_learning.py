@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import TrainedTiny
 
 from vision_attn.evaluation import evaluate_records, score, with_baseline
+from vision_attn.inference import Pipeline
 
 
 @pytest.mark.slow
 def test_tiny_model_learns_well_above_the_majority_baseline(trained_tiny: TrainedTiny) -> None:
     """The training (about a minute on 2 cores) is the session fixture `trained_tiny` in conftest.py."""
-    preds = evaluate_records(trained_tiny.model, trained_tiny.codec, trained_tiny.val_records, batch_size=50)
+    pipe = Pipeline(trained_tiny.model, trained_tiny.codec, torch.device("cpu"), batch_size=50)
+    preds = evaluate_records(pipe, trained_tiny.val_records)
     metrics = with_baseline(score(preds), trained_tiny.train_records, preds)
     per_type = metrics["per_question_type_vs_majority"]
     print(json.dumps(per_type, indent=1))
@@ -28,19 +31,15 @@ def test_tiny_model_learns_well_above_the_majority_baseline(trained_tiny: Traine
 
 @pytest.mark.slow
 def test_candidates_ranking_on_the_trained_tiny_model_picks_the_right_colour(trained_tiny: TrainedTiny) -> None:
-    """`answer(..., candidates=...)` ranks given answers by likelihood: on colour questions, with every colour as
-    a candidate, the top-ranked one must be right far more often than the most common colour."""
-    import torch
-
-    from vision_attn.inference import Pipeline
-
+    """`score_candidates` ranks given answers by likelihood: on colour questions, with every colour as a candidate,
+    the top-ranked one must be right far more often than the most common colour."""
     colours = sorted({q.answer for r in trained_tiny.train_records for q in r.questions if q.question_type == "color"})
     items = [(r.path, q) for r in trained_tiny.val_records for q in r.questions if q.question_type == "color"]
     assert len(colours) == 6 and len(items) >= 50
     pipe = Pipeline(trained_tiny.model, trained_tiny.codec, torch.device("cpu"), batch_size=64)
-    ranked = pipe.answer([str(p) for p, _ in items], [q.question for _, q in items], candidates=colours)
-    assert all(sorted(x["answer"] for x in r) == colours for r in ranked)  # every candidate, ranked
-    top1 = sum(r[0]["answer"] == q.answer for r, (_, q) in zip(ranked, items, strict=True)) / len(items)
+    ranked = pipe.score_candidates([str(p) for p, _ in items], [q.question for _, q in items], colours)
+    assert all(sorted(x.answer for x in r) == colours for r in ranked)  # every candidate, ranked
+    top1 = sum(r[0].answer == q.answer for r, (_, q) in zip(ranked, items, strict=True)) / len(items)
     majority = max(sum(q.answer == c for _, q in items) for c in colours) / len(items)
     print(f"candidates top-1 {top1:.2f} vs most common colour {majority:.2f} on {len(items)} questions")
     assert top1 >= majority + 0.2

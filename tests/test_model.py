@@ -14,7 +14,7 @@ from torch import Tensor
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 from vision_attn.data.transforms import normalize
-from vision_attn.layers import KVCache
+from vision_attn.decoding import DecodeBuffers
 from vision_attn.models import ImageEncoder, VisionAttnModel, text_loss
 
 # the tiny config of conftest: 32 px images in 8 px patches, decoder width 48, vocabulary 60
@@ -63,25 +63,21 @@ def test_decoder_is_causal(tiny_model: VisionAttnModel, images: Tensor) -> None:
     assert (a[:, 5:] - b[:, 5:]).abs().max() > 1e-3
 
 
-def test_decoder_with_caches_and_default_positions_equals_full_forward(
-    tiny_model: VisionAttnModel, images: Tensor
-) -> None:
-    """The decoder's own incremental path: caches written at `slots`, positions defaulting to the slots."""
+def test_decoder_prefill_and_steps_equal_full_forward(tiny_model: VisionAttnModel, images: Tensor) -> None:
+    """The decoder's incremental path over a session's buffers: a 4-token prefill, then one token per step."""
     dec, cfg = tiny_model.decoder, tiny_model.config.decoder
     ids = _ids(4, 9)
-    L = cfg.max_len
-    keys = torch.arange(L)
     with torch.no_grad():
         kv = dec.image_kv(tiny_model.encode(images))
-        full, _ = dec(ids, kv)
-        head = cfg.dim // cfg.num_heads
-        caches = [KVCache(4, cfg.num_heads, L, head, torch.float32, "cpu") for _ in dec.blocks]
-        prefill_mask = (keys[None, :] <= torch.arange(4)[:, None]).expand(4, 1, 4, L)
-        parts = [dec(ids[:, :4], kv, mask=prefill_mask, caches=caches, slots=torch.arange(4))[0]]
+        full = dec(ids, kv)  # [4, 9, V]
+        buffers = DecodeBuffers.allocate(cfg.num_heads, cfg.max_len, cfg.dim // cfg.num_heads, kv)
+        buffers.start(torch.ones(4, 4, dtype=torch.bool))
+        parts = [dec.prefill(ids[:, :4], buffers)]
         for t in range(4, 9):
-            mask = (keys <= t).expand(4, 1, 1, L)
-            parts.append(dec(ids[:, t : t + 1], kv, mask=mask, caches=caches, slots=torch.tensor([t]))[0])
-    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+            parts.append(dec.step(ids[:, t], buffers))
+            buffers.advance()
+    torch.testing.assert_close(torch.stack(parts, 1), full[:, 3:], atol=1e-5, rtol=1e-5)
+    assert int(buffers.slot) == 9 and buffers.key_valid[:, :9].all() and not buffers.key_valid[:, 9:].any()
 
 
 def test_forward_groups_equal_separate_forwards(tiny_model: VisionAttnModel, images: Tensor) -> None:

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from queue import Queue
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from PIL import Image
 from serving import b64, png, post_form, post_json, request, running_server, save_served_model
 
-from vision_attn import Pipeline
+from vision_attn import GenerationConfig, Pipeline
 from vision_attn.attention_maps import AttentionResult
 from vision_attn.cli import build_parser, main
 from vision_attn.litserve_ext import IdleWaitBatchedLoop
@@ -52,7 +53,8 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def expected_vqa(pipe: Pipeline, image: bytes, question: str, top_k: int | None) -> list[dict]:
     k = top_k or 1
-    return pipe.answer(image, question, top_k=k, num_beams=max(k, VQA_MIN_BEAMS))
+    ranked = pipe.rank_answers(image, question, k, GenerationConfig(num_beams=max(k, VQA_MIN_BEAMS)))
+    return [asdict(a) for a in ranked.answers]
 
 
 def assert_same_answers(got: dict, want: list[dict]) -> None:
@@ -82,16 +84,18 @@ def test_answers_and_captions_equal_the_pipeline(server: str, pipe: Pipeline) ->
     assert len(got["answers"]) == 3
     assert_same_answers(got, expected_vqa(pipe, image, question, 3))
     status, got = post_json(f"{server}/v1/caption", {"image": f"data:image/png;base64,{b64(IMAGES[1])}"})
-    assert status == 200 and got["caption"] == pipe.caption(IMAGES[1], max_new_tokens=48), got
+    assert status == 200 and got["caption"] == pipe.caption(IMAGES[1], GenerationConfig(max_new_tokens=48)), got
     status, got = post_form(f"{server}/v1/caption", {"image": IMAGES[2], "num_beams": "2"})
-    assert status == 200 and got["caption"] == pipe.caption(IMAGES[2], num_beams=2, max_new_tokens=48), got
+    assert status == 200 and got["caption"] == pipe.caption(
+        IMAGES[2], GenerationConfig(num_beams=2, max_new_tokens=48)
+    ), got
 
 
 def expected_maps(pipe: Pipeline, image: bytes, question: str | None, beams: int) -> AttentionResult:
     """What the server's `attention` must hold: Pipeline's maps for the same request."""
     if question is None:
-        return pipe.caption(image, num_beams=beams, max_new_tokens=48, return_attention=True)
-    return pipe.answer(image, question, num_beams=beams, max_new_tokens=8, length_penalty=0.0, return_attention=True)
+        return pipe.caption_maps(image, GenerationConfig(num_beams=beams, max_new_tokens=48))
+    return pipe.answer_maps(image, question, GenerationConfig(num_beams=beams, max_new_tokens=8, length_penalty=0.0))
 
 
 def assert_same_maps(got: dict, want: AttentionResult) -> None:
@@ -127,7 +131,9 @@ def test_attention_maps_equal_the_pipeline(server: str, pipe: Pipeline) -> None:
     status, got = post_json(f"{server}/v1/caption", {"image": b64(IMAGES[5]), "return_attention": True, "num_beams": 2})
     assert status == 200, got
     want = expected_maps(pipe, IMAGES[5], None, 2)
-    assert want.words and got["caption"] == want.text == pipe.caption(IMAGES[5], num_beams=2, max_new_tokens=48)
+    assert want.words and got["caption"] == want.text == pipe.caption(
+        IMAGES[5], GenerationConfig(num_beams=2, max_new_tokens=48)
+    )
     assert_same_maps(got, want)
     for route, fields in [("vqa", {"image": image, "question": question}), ("caption", {"image": image})]:
         status, got = post_form(f"{server}/v1/{route}", {**fields, "return_attention": "False"})
@@ -223,7 +229,7 @@ def test_50_concurrent_requests_each_get_their_own_pipeline_answer(server: str, 
         if route == "vqa":
             assert_same_answers(got, expected_vqa(pipe, image, question, param))
         else:
-            assert got["caption"] == pipe.caption(image, num_beams=param or 1, max_new_tokens=48)
+            assert got["caption"] == pipe.caption(image, GenerationConfig(num_beams=param or 1, max_new_tokens=48))
     assert all(status == 422 for status, _ in results[len(jobs) :])
 
 
@@ -268,7 +274,7 @@ def test_a_batch_mixing_attention_and_plain_requests_equals_them_alone(model_dir
     outputs = [cap.encode_response(o) for o in cap.predict([cap.decode_request(r) for r in requests])]
     for req, out, (beams, attention) in zip(requests, outputs, combos, strict=True):
         image = base64.b64decode(req["image"])
-        assert out["caption"] == pipe.caption(image, num_beams=beams, max_new_tokens=48)
+        assert out["caption"] == pipe.caption(image, GenerationConfig(num_beams=beams, max_new_tokens=48))
         if attention:
             assert_same_maps(out, expected_maps(pipe, image, None, beams))
         else:

@@ -94,7 +94,7 @@ def test_caption_command_writes_a_picture_per_image(
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [Path(x["attention_png"]).name for x in lines] == ["photo.png", "photo_2.png"]
     for line, path in zip(lines, paths, strict=True):
-        res = pipe.caption(str(path), max_new_tokens=48, return_attention=True)
+        res = pipe.caption_maps(str(path))
         assert line["caption"] == res.text == pipe.caption(str(path))
         with Image.open(line["attention_png"]) as im:
             assert im.size == png_size(len(res.words) + 2)  # a panel per word, the image and the rollout
@@ -110,7 +110,7 @@ def test_vqa_command_writes_a_picture(
     args = ["vqa", "--model", str(model_dir), "--image", str(image), "--question", q, "--device", "cpu"]
     assert main([*args, "--json", "--attention-dir", str(tmp_path / "maps"), "--attention-layer", "-1"]) == 0
     out = json.loads(capsys.readouterr().out)
-    res = pipe.answer(str(image), q, return_attention=True, attention_layer=-1)
+    res = pipe.answer_maps(str(image), q, layer=-1)
     assert out["answer"] == res.text and Path(out["attention_png"]).name == "scene.vqa.png"
     with Image.open(out["attention_png"]) as im:
         assert im.size == png_size(len(res.words) + 2)

@@ -16,13 +16,14 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from serving import ROOT, running_server, save_served_model
 
-from vision_attn import Pipeline
+from vision_attn import GenerationConfig, Pipeline
 from vision_attn.server import VQA_MIN_BEAMS
 from vision_attn.web import STATIC
 
@@ -135,8 +136,10 @@ def test_ask_and_caption_then_point_at_a_word_to_see_its_heatmap(
     chips = page.locator("#words .chip")
     expect(chips.first).to_be_visible(timeout=TIMEOUT_MS)
 
-    want = pipe.answer(IMAGE, QUESTION, num_beams=VQA_MIN_BEAMS, length_penalty=0.0, return_attention=True)
-    ranked = pipe.answer(IMAGE, QUESTION, top_k=3, num_beams=VQA_MIN_BEAMS)
+    want = pipe.answer_maps(IMAGE, QUESTION, GenerationConfig(num_beams=VQA_MIN_BEAMS, length_penalty=0.0))
+    ranked = [
+        asdict(a) for a in pipe.rank_answers(IMAGE, QUESTION, 3, GenerationConfig(num_beams=VQA_MIN_BEAMS)).answers
+    ]
     assert chips.all_inner_texts() == want.words and want.words
     expect(page.locator("#ranked li .text")).to_have_text([a["answer"] for a in ranked])
     assert overlay_alpha(page) == 0  # no map until a word is pointed at
@@ -160,7 +163,7 @@ def test_ask_and_caption_then_point_at_a_word_to_see_its_heatmap(
 
     page.click("#caption")
     expect(page.locator("#result")).to_have_attribute("data-kind", "caption", timeout=TIMEOUT_MS)
-    caption = pipe.caption(IMAGE, max_new_tokens=48, return_attention=True)
+    caption = pipe.caption_maps(IMAGE, GenerationConfig(max_new_tokens=48))
     expect(chips).to_have_text(caption.words)
     expect(page.locator("#ranked")).to_be_hidden()
     page.hover("#rollout")

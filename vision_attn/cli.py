@@ -53,11 +53,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         preds = load_results(args.results, records)
     else:
         from vision_attn.inference import Pipeline
+        from vision_attn.tasks import GenerationConfig
 
-        pipe = Pipeline.from_pretrained(args.model, device=args.device, compile=args.compile)
-        preds = evaluate_records(
-            pipe.model, pipe.codec, records, args.batch_size, num_beams=args.num_beams, compiled=pipe.compiled
-        )
+        pipe = Pipeline.from_pretrained(args.model, args.device, args.batch_size, compile=args.compile)
+        preds = evaluate_records(pipe, records, config=GenerationConfig(num_beams=args.num_beams))
     meteor = java_available() and not args.no_meteor
     if preds.captions and not meteor:
         log.warning("METEOR skipped: %s", "--no-meteor" if args.no_meteor else "no Java runtime on PATH")
@@ -77,8 +76,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from vision_attn.data.errors import ImageLoadError
     from vision_attn.data.images import find_images, load_image
     from vision_attn.inference import Pipeline
+    from vision_attn.tasks import GenerationConfig
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device, batch_size=args.batch_size, compile=args.compile)
+    config = GenerationConfig(num_beams=args.num_beams)
     paths = find_images(args.paths)
     failed = 0
     pictures = _PictureNames(args.attention_dir)
@@ -92,17 +93,19 @@ def cmd_caption(args: argparse.Namespace) -> int:
                 tqdm.write(f"error: {e}", file=sys.stderr)
                 failed += 1
         if loaded:
-            maps = pictures.folder is not None
-            results = pipe.caption(
-                [image for _, image in loaded],
-                num_beams=args.num_beams,
-                return_attention=maps,
-                attention_layer=args.attention_layer,
-            )
-            for (path, image), res in zip(loaded, results, strict=True):
-                row = {"image": str(path), "caption": res.text if maps else res}
-                if maps:  # a picture per image, named in a third column
-                    row["attention_png"] = str(pictures.save(path, image, res, ".png"))
+            images = [image for _, image in loaded]
+            if pictures.folder is None:
+                rows = [
+                    {"image": str(p), "caption": c}
+                    for (p, _), c in zip(loaded, pipe.caption(images, config), strict=True)
+                ]
+            else:  # a picture per image, named in a third column
+                results = pipe.caption_maps(images, config, args.attention_layer)
+                rows = [
+                    {"image": str(p), "caption": r.text, "attention_png": str(pictures.save(p, image, r, ".png"))}
+                    for (p, image), r in zip(loaded, results, strict=True)
+                ]
+            for row in rows:
                 print(json.dumps(row) if args.json else "\t".join(row.values()), flush=True)
         bar.update(len(chunk))
     bar.close()
@@ -142,34 +145,35 @@ def _layer(value: str) -> int | str:
 
 
 def cmd_vqa(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from vision_attn.data.images import load_image
     from vision_attn.inference import Pipeline
+    from vision_attn.tasks import GenerationConfig
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    row = {"image": args.image, "question": args.question}
     if args.top_k:
         if args.attention_dir:
             raise SystemExit("error: --attention-dir maps the generated answer; use it without --top-k")
-        ranked = pipe.answer(args.image, args.question, top_k=args.top_k)
+        ranked = pipe.rank_answers(args.image, args.question, args.top_k, GenerationConfig(num_beams=args.num_beams))
         if args.json:
             print(
-                json.dumps(
-                    {"image": args.image, "question": args.question, "answer": ranked[0]["answer"], "answers": ranked}
-                )
+                json.dumps({**row, "answer": ranked.answers[0].answer, "answers": [asdict(a) for a in ranked.answers]})
             )
         else:
-            for r in ranked:
-                print(f"{r['probability']:.4f}\t{r['answer']}")
+            for a in ranked.answers:
+                print(f"{a.probability:.4f}\t{a.answer}")
         return 0
+    config = GenerationConfig(num_beams=args.num_beams)
     if args.attention_dir is None:
-        ans = pipe.answer(args.image, args.question, num_beams=args.num_beams)
-        print(json.dumps({"image": args.image, "question": args.question, "answer": ans}) if args.json else ans)
+        ans = pipe.answer(args.image, args.question, config)
+        print(json.dumps({**row, "answer": ans}) if args.json else ans)
         return 0
-    res = pipe.answer(
-        args.image, args.question, num_beams=args.num_beams, return_attention=True, attention_layer=args.attention_layer
-    )
+    res = pipe.answer_maps(args.image, args.question, config, args.attention_layer)
     title = f"Q: {args.question}   A: {res.text}"
     png = _PictureNames(args.attention_dir).save(args.image, load_image(args.image), res, ".vqa.png", title)
-    row = {"image": args.image, "question": args.question, "answer": res.text, "attention_png": str(png)}
+    row = {**row, "answer": res.text, "attention_png": str(png)}
     print(json.dumps(row) if args.json else f"{res.text}\t{png}")
     return 0
 

@@ -19,11 +19,9 @@ from tqdm import tqdm
 from vision_attn.data.datamodule import ImageTextDataset, collate
 from vision_attn.data.errors import DataFormatError
 from vision_attn.data.readers import ImageRecord, QAItem
-from vision_attn.data.tokenizer import TextCodec
-from vision_attn.generation import CompiledDecoder
-from vision_attn.inference import generate_answers, generate_captions
+from vision_attn.inference import Pipeline
 from vision_attn.metrics import caption_scores, majority_baseline, vqa_scores
-from vision_attn.models import VisionAttnModel
+from vision_attn.tasks import GenerationConfig, Tasks
 
 log = logging.getLogger(__name__)
 
@@ -45,32 +43,28 @@ class Predictions:
 
 
 def predict_batch(
-    model: VisionAttnModel,
-    codec: TextCodec,
+    tasks: Tasks,
     images: Tensor,
     records: list[ImageRecord],
-    caption_tokens: int = 48,
-    answer_tokens: int = 8,
-    num_beams: int = 1,
-    compiled: CompiledDecoder | None = None,
+    caption: GenerationConfig | None = None,
+    answer: GenerationConfig | None = None,
 ) -> Predictions:
-    """Caption every image that has references and answer every annotated question. images [B, 3, S, S].
+    """Caption every image that has references and answer every annotated question, through the task layer.
 
-    compiled: decode through this `CompiledDecoder` of `model` (see `generate`).
+    images [B, 3, S, S] on the model's device, image i of records[i]; `caption`/`answer`: how to decode each
+    (default greedy, up to 48 and 8 tokens). Runs under the caller's autocast.
     """
     out = Predictions()
-    gen = {"num_beams": num_beams, "compiled": compiled}
     with_caps = [i for i, r in enumerate(records) if r.captions]
     if with_caps:
-        caps = generate_captions(model, codec, images[with_caps], max_new_tokens=caption_tokens, **gen)
+        caps = tasks.captions(images[with_caps], caption)
         for i, c in zip(with_caps, caps, strict=True):
             out.captions[records[i].image_id] = c
             out.references[records[i].image_id] = records[i].captions
     qs = [(i, q) for i, r in enumerate(records) for q in r.questions if q.answers]
     if qs:
         index = torch.tensor([i for i, _ in qs], device=images.device)
-        questions = [q.question for _, q in qs]
-        answers = generate_answers(model, codec, images, questions, index, max_new_tokens=answer_tokens, **gen)
+        answers = tasks.answers(images, [q.question for _, q in qs], index, answer)
         for (_, q), a in zip(qs, answers, strict=True):
             out.answers[q.question_id] = a
             out.annotations[q.question_id] = vqa_annotation(q)
@@ -102,28 +96,28 @@ def score(preds: Predictions, meteor: bool = False) -> dict[str, Any]:
     return metrics
 
 
-@torch.inference_mode()
 def evaluate_records(
-    model: VisionAttnModel,
-    codec: TextCodec,
+    pipe: Pipeline,
     records: list[ImageRecord],
-    batch_size: int = 32,
     num_workers: int = 0,
-    num_beams: int = 1,
-    compiled: CompiledDecoder | None = None,
+    config: GenerationConfig | None = None,
 ) -> Predictions:
-    """Generate for all records (captions and questions), batched, with a progress bar."""
-    device = next(model.parameters()).device
-    size, max_len = model.config.encoder.image_size, model.config.decoder.max_len
-    ds = ImageTextDataset(records, codec, size, max_len, None, "both", tokenize=False)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    """Caption and answer all records with the pipeline (its device, autocast and batch size), with a progress bar.
+
+    config: how to decode captions and answers (default greedy; their lengths default to each task's).
+    """
+    size = pipe.model.config.encoder.image_size
+    ds = ImageTextDataset(records, pipe.codec, size, pipe.model.config.decoder.max_len, None, "both", tokenize=False)
+    loader = DataLoader(ds, batch_size=pipe.batch_size, num_workers=num_workers, collate_fn=collate)
     preds = Predictions()
     skipped = 0
     for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):
         skipped += batch["skipped"]
         if "images" in batch:
-            images = batch["images"].to(device)
-            preds.merge(predict_batch(model, codec, images, batch["records"], num_beams=num_beams, compiled=compiled))
+            with pipe.running():
+                preds.merge(
+                    predict_batch(pipe.tasks, batch["images"].to(pipe.device), batch["records"], config, config)
+                )
     if skipped:
         log.warning("skipped %d unreadable images", skipped)
     return preds

@@ -16,16 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from vision_attn.attention_maps import AttentionResult, reduce_maps
-from vision_attn.data.images import load_image
 from vision_attn.data.readers import ImageRecord
-from vision_attn.data.tokenizer import TextCodec
-from vision_attn.data.transforms import image_transform
-from vision_attn.inference import generate_with_attention
-from vision_attn.models import VisionAttnModel
+from vision_attn.inference import Pipeline
 
 Box = tuple[float, float, float, float]  # x, y, width, height in pixels (COCO bbox)
 
@@ -115,36 +110,24 @@ def word_rows(result: AttentionResult, scene: Scene, task: str) -> list[dict[str
     return rows
 
 
-@torch.inference_mode()
 def pointing_game(
-    model: VisionAttnModel,
-    codec: TextCodec,
+    pipe: Pipeline,
     records: Sequence[ImageRecord],
     scenes: dict[int, Scene],
     question_types: Iterable[str] = ("color", "shape"),
-    batch_size: int = 32,
 ) -> list[dict[str, Any]]:
-    """Caption every record's image and answer its questions of `question_types` (greedy, with attention);
-    return `word_rows` of every generated word that names one object of its scene."""
+    """Caption every record's image and answer its questions of `question_types` (greedy, with attention maps,
+    through the pipeline); return `word_rows` of every generated word that names one object of its scene."""
     types = set(question_types)
-    transform = image_transform(model.config.encoder.image_size)
-    device = next(model.parameters()).device
+    batch = [r for r in records if r.image_id in scenes]
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(records), batch_size):
-        batch = [r for r in records[start : start + batch_size] if r.image_id in scenes]
-        if not batch:
-            continue
-        images = torch.stack([transform(load_image(r.path)) for r in batch]).to(device)
-        caps = generate_with_attention(model, codec, images, [codec.caption_prompt()] * len(batch))
-        for r, res in zip(batch, caps, strict=True):
-            rows += word_rows(res, scenes[r.image_id], "caption")
-        qs = [(i, q) for i, r in enumerate(batch) for q in r.questions if q.question_type in types]
-        if qs:
-            index = torch.tensor([i for i, _ in qs], device=device)
-            prompts = [codec.vqa_prompt(q.question) for _, q in qs]
-            answers = generate_with_attention(model, codec, images, prompts, index, max_new_tokens=8)
-            for (i, _), res in zip(qs, answers, strict=True):
-                rows += word_rows(res, scenes[batch[i].image_id], "vqa")
+    for r, res in zip(batch, pipe.caption_maps([r.path for r in batch]), strict=True):
+        rows += word_rows(res, scenes[r.image_id], "caption")
+    qs = [(r, q) for r in batch for q in r.questions if q.question_type in types]
+    if qs:
+        answers = pipe.answer_maps([r.path for r, _ in qs], [q.question for _, q in qs])
+        for (r, _), res in zip(qs, answers, strict=True):
+            rows += word_rows(res, scenes[r.image_id], "vqa")
     return rows
 
 

@@ -25,7 +25,7 @@ import os
 import signal
 import time
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from vision_attn.data.images import load_image
 from vision_attn.data.tokenizer import load_tokenizer
 from vision_attn.inference import Pipeline
 from vision_attn.litserve_ext import BodyGuard, IdleWaitBatchedLoop, json_error
+from vision_attn.tasks import GenerationConfig, Ranking
 from vision_attn.web import add_web_page
 
 VQA_PATH, CAPTION_PATH = "/v1/vqa", "/v1/caption"
@@ -225,22 +226,11 @@ class VqaAPI(_VisionAttnAPI):
     def run(self, key: tuple[int, bool], items: list[Item]) -> list[Any]:
         top_k, attention = key
         images, questions = [it.image for it in items], [it.params["question"] for it in items]
-        beams = max(top_k, VQA_MIN_BEAMS)
-        ranked = self.pipe.answer(images, questions, top_k=top_k, num_beams=beams, max_new_tokens=VQA_NEW_TOKENS)
-        maps: list[AttentionResult | None] = [None] * len(items)
-        if attention:  # the same beam search, ranking by probability (no length penalty) as `top_k` does
-            maps = self.pipe.answer(
-                images,
-                questions,
-                num_beams=beams,
-                max_new_tokens=VQA_NEW_TOKENS,
-                length_penalty=0.0,
-                return_attention=True,
-            )
-        return list(zip(ranked, maps, strict=True))
+        config = GenerationConfig(max_new_tokens=VQA_NEW_TOKENS, num_beams=max(top_k, VQA_MIN_BEAMS))
+        return self.pipe.rank_answers(images, questions, top_k, config, with_maps=attention)
 
-    def response(self, result: tuple[list[dict], AttentionResult | None]) -> dict[str, Any]:
-        ranked, maps = result
+    def response(self, result: Ranking) -> dict[str, Any]:
+        ranked, maps = [asdict(a) for a in result.answers], result.maps
         return {"answer": ranked[0]["answer"], "answers": ranked, **({} if maps is None else attention_json(maps))}
 
 
@@ -260,8 +250,8 @@ class CaptionAPI(_VisionAttnAPI):
     def run(self, key: tuple[int, bool], items: list[Item]) -> list[Any]:
         beams, attention = key
         new_tokens = min(CAPTION_NEW_TOKENS, self.max_len - 2)  # the caption prompt is <bos> <caption>
-        images = [it.image for it in items]
-        return self.pipe.caption(images, num_beams=beams, max_new_tokens=new_tokens, return_attention=attention)
+        images, config = [it.image for it in items], GenerationConfig(max_new_tokens=new_tokens, num_beams=beams)
+        return self.pipe.caption_maps(images, config) if attention else self.pipe.caption(images, config)
 
     def response(self, result: str | AttentionResult) -> dict[str, Any]:
         if isinstance(result, AttentionResult):

@@ -15,8 +15,8 @@ from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 from vision_attn.data.datamodule import TASKS
 from vision_attn.data.tokenizer import TextCodec
 from vision_attn.evaluation import Predictions, predict_batch, score
-from vision_attn.inference import generate_captions
 from vision_attn.models import VisionAttnModel, text_loss
+from vision_attn.tasks import GenerationConfig, Tasks
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class VisionAttnModule(L.LightningModule):
         decoder = dataclasses.replace(decoder, vocab_size=self.codec.vocab_size)
         self.model_config = ModelConfig(encoder, decoder, self.codec.pad, self.codec.bos, self.codec.eos)
         self.model = VisionAttnModel(self.model_config)
+        self.tasks = Tasks(self.model, self.codec)  # validation and predict decode through the task layer
         # not a submodule, so a compiled wrapper stays out of state_dict
         self.__dict__["_forward_groups"] = self.model.forward_groups
         self._compiled = False
@@ -128,19 +129,15 @@ class VisionAttnModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         if "images" not in batch:
             return []
-        caps = generate_captions(
-            self.model, self.codec, batch["images"], max_new_tokens=self.hparams.val_caption_tokens
-        )
+        caps = self.tasks.captions(batch["images"], GenerationConfig(max_new_tokens=self.hparams.val_caption_tokens))
         return [{"image_id": r.image_id, "caption": c} for r, c in zip(batch["records"], caps, strict=True)]
 
     # ---- validation metrics: generate, gather across ranks, score ----
 
     def _generate_for_metrics(self, batch: dict[str, Any]) -> None:
         hp = self.hparams
-        preds = predict_batch(
-            self.model, self.codec, batch["images"], batch["records"], hp.val_caption_tokens, hp.val_answer_tokens
-        )
-        self._preds.merge(preds)
+        caption, answer = GenerationConfig(hp.val_caption_tokens), GenerationConfig(hp.val_answer_tokens)
+        self._preds.merge(predict_batch(self.tasks, batch["images"], batch["records"], caption, answer))
 
     def on_validation_epoch_start(self) -> None:
         self._preds = Predictions()

@@ -1,62 +1,27 @@
-"""Attention blocks of the text decoder and the KV cache they write to.
+"""Attention blocks of the text decoder, and a recorder that reads the cross-attention weights.
 
-Notation: B batch, T text tokens (queries), S cached text tokens (keys), N image tokens, H heads,
+Notation: B batch, T text tokens (queries), S keys (text tokens, or cache slots), N image tokens, H heads,
 D head dim, C = H * D model width.
 
 Written by hand rather than taken from a library because they are the product: the decoder needs a
-preallocated cache written at a position, image keys/values computed once per image and shared by all
-texts (and beams) of that image, and masks for left-padded batched prompts.
+preallocated cache written at slots, image keys/values computed once per image and shared by all texts (and
+beams) of that image, masks for left-padded batched prompts, and the weights of every word's look at the image.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from vision_attn.layers.kv_cache import KVCache
 
 
-class KVCache:
-    """Preallocated self-attention keys/values [B, H, L, D] for one layer, written at slots and read whole.
-
-    The slots to write come as a device tensor and `update` always returns the whole buffer; a key mask
-    (not the shape) says which slots hold tokens. Every decoding step therefore has the same shapes and
-    reads the same addresses, which is what lets one compiled graph (a CUDA graph on a GPU) replay them all.
-    """
-
-    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device) -> None:
-        self.k = torch.zeros(batch, heads, max_len, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[2]
-
-    def update(self, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v [B, H, T, D] at slots [T] (long, on the cache's device); return the whole cache [B, H, L, D].
-
-        A slot outside 0..L-1 is an error (IndexError on CPU, a device-side assert on a GPU); callers size
-        the cache for the longest text first.
-        """
-        self.k.index_copy_(2, slots, k)
-        self.v.index_copy_(2, slots, v)
-        return self.k, self.v
-
-    def reorder(self, index: Tensor) -> None:
-        """Make row i hold old row index[i] (beam search), in place: the buffers keep their addresses."""
-        self.k.copy_(self.k.index_select(0, index))
-        self.v.copy_(self.v.index_select(0, index))
-
-
-def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+def attention_weights(q: Tensor, k: Tensor) -> Tensor:
     """Explicit softmax(q k^T / sqrt(D)) [B, H, T, S]; used only when attention maps are asked for."""
-    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
-    if is_causal:
-        t, s = scores.shape[-2:]
-        causal = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
-        scores = scores.masked_fill(~causal, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1)
+    return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
 
 
 class SelfAttention(nn.Module):
@@ -109,15 +74,55 @@ class CrossAttention(nn.Module):
         k, v = self.kv(memory).view(B, N, 2, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x [B, T, C], kv 2x[B, H, N, D] -> ([B, T, C], weights [B, H, T, N] or None)."""
+    def queries(self, x: Tensor) -> Tensor:
+        """Text tokens [B, T, C] -> queries [B, H, T, D]."""
         B, T, C = x.shape
-        q = self.q(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)  # [B, H, T, D]
+        return self.q(x).view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor]) -> Tensor:
+        """x [B, T, C], kv 2x[B, H, N, D] -> [B, T, C]."""
+        B, T, C = x.shape
         k, v = kv
-        weights = None
-        if need_weights:
-            weights = attention_weights(q, k)  # [B, H, T, N]
-            y = weights @ v
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C)), weights
+        y = F.scaled_dot_product_attention(self.queries(x), k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class AttentionRecorder:
+    """Reads the weights [B, H, T, N] of cross-attention modules as they run, without changing their forward.
+
+    A forward hook on each module recomputes softmax(q k^T / sqrt(D)) from the module's own input and image keys
+    (the probabilities its fused SDPA used, which SDPA does not return), as timm's `AttentionExtract` reads
+    attention from outside the model. `weights[i]` holds module i's last call. The explicit softmax runs only
+    while a recorder is attached; plain decoding never pays for it. Use as a context manager, or `remove()`.
+    """
+
+    def __init__(self, modules: Iterable[CrossAttention]) -> None:
+        self.modules = list(modules)
+        self.weights: list[Tensor | None] = [None] * len(self.modules)
+        self._handles: list[RemovableHandle] = [
+            m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)
+        ]
+
+    def _hook(self, i: int):
+        def record(module: CrossAttention, args: tuple[Tensor, tuple[Tensor, Tensor]], _out: Tensor) -> None:
+            x, (k, _v) = args
+            self.weights[i] = attention_weights(module.queries(x), k)
+
+        return record
+
+    def last_query(self) -> list[Tensor]:
+        """Per module, the weights of the last query of the last call: L x [B, H, N]."""
+        if any(w is None for w in self.weights):
+            raise RuntimeError("no cross-attention has run since the recorder was attached")
+        return [w[:, :, -1] for w in self.weights]  # type: ignore[index]
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> AttentionRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

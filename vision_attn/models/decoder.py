@@ -1,17 +1,21 @@
 """The text decoder: token + position embeddings, pre-norm blocks, tied LM head.
 
-Notation: B batch (texts), T text tokens, N image tokens, H heads, D head dim, C width, V vocabulary.
+Notation: B batch (texts, or decoding rows), T text tokens, P prompt tokens, N image tokens, H heads, D head dim,
+C width, V vocabulary.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
 from vision_attn.config import DecoderConfig
 from vision_attn.layers import MLP, CrossAttention, KVCache, SelfAttention
+
+if TYPE_CHECKING:
+    from vision_attn.decoding.session import DecodeBuffers
 
 
 class DecoderBlock(nn.Module):
@@ -34,18 +38,19 @@ class DecoderBlock(nn.Module):
         mask: Tensor | None = None,
         cache: KVCache | None = None,
         slots: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """x [B, T, C] -> ([B, T, C], cross-attention weights [B, H, T, N] or None)."""
+    ) -> Tensor:
+        """x [B, T, C] -> [B, T, C]; mask, cache and slots as in `SelfAttention`."""
         x = x + self.drop(self.self_attn(self.norm1(x), mask, cache, slots))
-        y, weights = self.cross_attn(self.norm2(x), image_kv, need_weights)
-        x = x + self.drop(y)
-        x = x + self.mlp(self.norm3(x))
-        return x, weights
+        x = x + self.drop(self.cross_attn(self.norm2(x), image_kv))
+        return x + self.mlp(self.norm3(x))
 
 
 class TextDecoder(nn.Module):
-    """Decoder-only language model conditioned on image tokens through cross-attention."""
+    """Decoder-only language model conditioned on image tokens through cross-attention.
+
+    `forward` is teacher forcing (training, scoring); `prefill` and `step` decode over a session's buffers
+    (`decoding.session.DecodeBuffers`: caches, key mask, positions, write slot, image keys/values).
+    """
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -78,36 +83,29 @@ class TextDecoder(nn.Module):
         """Image tokens [B, N, C] -> per layer keys/values 2x[B, H, N, D]."""
         return [block.cross_attn.image_kv(memory) for block in self.blocks]
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        image_kv: list[tuple[Tensor, Tensor]],
-        positions: Tensor | None = None,
-        mask: Tensor | None = None,
-        caches: list[KVCache] | None = None,
-        slots: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, list[Tensor]]:
-        """input_ids [B, T] -> (logits [B, T, V], per-layer cross-attention weights [B, H, T, N] if asked).
+    def forward(self, input_ids: Tensor, image_kv: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """Teacher forcing: input_ids [B, T] (right-padded, positions 0..T-1) -> logits [B, T, V], causal."""
+        T = input_ids.shape[1]
+        if T > self.cfg.max_len:
+            raise ValueError(f"text of {T} tokens exceeds decoder.max_len={self.cfg.max_len}")
+        x = self.tok_emb(input_ids) + self.pos_emb.weight[:T]  # [B, T, C]
+        for block, kv in zip(self.blocks, image_kv, strict=True):
+            x = block(x, kv)
+        return self.lm_head(self.norm(x))
 
-        positions [B, T]: position of each token (default: `slots`, else 0..T-1); left-padded prompts pass
-            their own.
-        mask [B, 1, T, S]: self-attention mask over the keys (None: causal over input_ids; required with caches).
-        caches, slots: per-layer KV caches (each of length S), written at slots [T] (a device tensor, so
-            that decoding steps differ in values, not shapes).
-        """
-        B, T = input_ids.shape
-        if positions is None:
-            if slots is None:
-                if T > self.cfg.max_len:
-                    raise ValueError(f"text of {T} tokens exceeds decoder.max_len={self.cfg.max_len}")
-                slots = torch.arange(T, device=input_ids.device)
-            positions = slots.expand(B, T)
-        x = self.tok_emb(input_ids) + self.pos_emb(positions)  # [B, T, C]
-        maps = []
-        for i, block in enumerate(self.blocks):
-            cache = caches[i] if caches is not None else None
-            x, w = block(x, image_kv[i], mask, cache, slots if cache is not None else None, need_weights)
-            if w is not None:
-                maps.append(w)
-        return self.lm_head(self.norm(x)), maps
+    def prefill(self, input_ids: Tensor, buffers: DecodeBuffers) -> Tensor:
+        """Left-padded prompts [B, P] into the caches at slots 0..P-1 -> next-token logits [B, V]."""
+        positions, mask, slots = buffers.prompt_layout(input_ids.shape[1])  # [B, P], [B, 1, P, L], [P]
+        return self._decode(self.tok_emb(input_ids) + self.pos_emb(positions), mask, slots, buffers)
+
+    def step(self, tokens: Tensor, buffers: DecodeBuffers) -> Tensor:
+        """One token per row, tokens [B], at the buffers' next slot -> next-token logits [B, V]. The same shapes
+        at every step, so a compiled step replays one graph."""
+        mask = buffers.open_slot()  # [B, 1, 1, L]
+        x = self.tok_emb(tokens[:, None]) + self.pos_emb(buffers.next_pos[:, None])  # [B, 1, C]
+        return self._decode(x, mask, buffers.slot, buffers)
+
+    def _decode(self, x: Tensor, mask: Tensor, slots: Tensor, buffers: DecodeBuffers) -> Tensor:
+        for block, kv, cache in zip(self.blocks, buffers.image_kv, buffers.caches, strict=True):
+            x = block(x, kv, mask, cache, slots)
+        return self.lm_head(self.norm(x[:, -1]))  # [B, V]

@@ -57,11 +57,8 @@ class VisionAttnModel(nn.Module):
         out = []
         for input_ids, image_index in groups:
             kv = image_kv if image_index is None else [(k[image_index], v[image_index]) for k, v in image_kv]
-            out.append(self.decoder(input_ids, kv)[0])  # [M_g, T_g, V]
+            out.append(self.decoder(input_ids, kv))  # [M_g, T_g, V]
         return out
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # ---- folder format: config.json + model.safetensors (+ tokenizer.json, written by the caller) ----
 
