@@ -18,7 +18,24 @@ from vision_attn.config import DecoderConfig, EncoderConfig
 from vision_attn.data.datamodule import VisionAttnDataModule
 from vision_attn.data.images import load_image
 from vision_attn.data.readers import read_split
+from vision_attn.tasks import GenerationConfig, RankedAnswer, Ranking, score_continuations, vqa_prompt
 from vision_attn.training import VisionAttnModule
+
+# Probabilities of a batch and of its members alone differ by float rounding (the matmuls' reduction order changes
+# with the batch shape, and differs between CPUs): texts and rankings must be equal, probabilities equal to this
+# relative tolerance (a log-probability error of 1e-4).
+PROB_REL = 1e-4
+
+
+def assert_same_ranked(got: list[RankedAnswer], want: list[RankedAnswer]) -> None:
+    assert [a.answer for a in got] == [a.answer for a in want]
+    assert [a.probability for a in got] == pytest.approx([a.probability for a in want], rel=PROB_REL, abs=0)
+
+
+def assert_same_rankings(got: list[Ranking], want: list[Ranking]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert_same_ranked(g.answers, w.answers)
 
 
 @pytest.fixture(scope="module")
@@ -226,44 +243,65 @@ def test_evaluate_command_compiled_writes_the_same_results(
     assert compiled_graphs() == 2  # captions and answers: two shapes
 
 
-def test_answer_top_k_is_ranked_and_sums_to_at_most_one(model_dir: Path, synthetic_root: Path) -> None:
+def test_evaluate_runs_under_the_pipeline_autocast_and_gives_its_texts(model_dir: Path, synthetic_root: Path) -> None:
+    """`evaluate` decodes through the pipeline: on a bf16 pipeline its matmuls run in bf16 (on a GPU that is the
+    default), and its captions and answers are the pipeline's own for the same images and questions (compared in
+    float32, where a batch gives the texts of its members alone)."""
+    from vision_attn.evaluation import evaluate_records
+
+    records = read_split(synthetic_root, "val")[:6]
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu", bf16=True, batch_size=4)
+    dtypes: set[torch.dtype] = set()
+    hook = pipe.model.decoder.lm_head.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+    evaluate_records(pipe, records[:2])
+    hook.remove()
+    assert dtypes == {torch.bfloat16}
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu", batch_size=4)
+    preds = evaluate_records(pipe, records)
+    assert [preds.captions[r.image_id] for r in records] == pipe.caption([str(r.path) for r in records])
+    questions = [(str(r.path), q) for r in records for q in r.questions]
+    assert len(questions) > 20
+    answers = pipe.answer([p for p, _ in questions], [q.question for _, q in questions])
+    assert [preds.answers[q.question_id] for _, q in questions] == answers
+
+
+def test_rank_answers_is_ranked_and_sums_to_at_most_one(model_dir: Path, synthetic_root: Path) -> None:
     pipe = Pipeline.from_pretrained(model_dir, device="cpu", batch_size=2)
     paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:3]]
     qs = ["what color is the circle?", "how many objects are there?", "is there a red square?"]
-    ranked = pipe.answer(paths, qs, top_k=3)
-    for answers in ranked:
-        probs = [a["probability"] for a in answers]
-        assert 1 <= len(answers) <= 3 and len({a["answer"] for a in answers}) == len(answers)
+    ranked = pipe.rank_answers(paths, qs, top_k=3)
+    for r in ranked:
+        probs = [a.probability for a in r.answers]
+        assert 1 <= len(r.answers) <= 3 and len({a.answer for a in r.answers}) == len(r.answers)
         assert probs == sorted(probs, reverse=True) and all(0 < p <= 1 for p in probs) and sum(probs) <= 1 + 1e-6
-    assert ranked == [pipe.answer(p, q, top_k=3) for p, q in zip(paths, qs, strict=True)]  # batch == alone
+        assert r.maps is None
+    assert_same_rankings(ranked, [pipe.rank_answers(p, q, top_k=3) for p, q in zip(paths, qs, strict=True)])
     with pytest.raises(ValueError, match="top_k"):
-        pipe.answer(paths[0], qs[0], top_k=0)
-    best = pipe.answer(paths[0], qs[0], top_k=1)  # one ranked answer (beam search, never greedy's no-ranking)
-    assert len(best) == 1 and best[0] == ranked[0][0]
+        pipe.rank_answers(paths[0], qs[0], top_k=0)
+    best = pipe.rank_answers(paths[0], qs[0], top_k=1)  # one ranked answer (beam search, never greedy's no-ranking)
+    assert len(best.answers) == 1
+    assert_same_ranked(best.answers, ranked[0].answers[:1])
 
 
-def test_answer_candidates_are_ranked_by_their_probability(model_dir: Path, synthetic_root: Path) -> None:
-    from vision_attn.generation import score_continuations
-
+def test_score_candidates_ranks_them_by_their_probability(model_dir: Path, synthetic_root: Path) -> None:
     pipe = Pipeline.from_pretrained(model_dir, device="cpu", batch_size=2)
     paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:3]]
     qs = ["what color is the circle?", "what shape is the red object?", "where is the blue square?"]
     cands = ["red", "blue", "top left", "circle"]
-    ranked = pipe.answer(paths, qs, candidates=cands)
+    ranked = pipe.score_candidates(paths, qs, cands)
     for path, q, answers in zip(paths, qs, ranked, strict=True):
-        assert sorted(a["answer"] for a in answers) == sorted(cands)
-        probs = [a["probability"] for a in answers]
+        assert sorted(a.answer for a in answers) == sorted(cands)
+        probs = [a.probability for a in answers]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
         # each probability is the teacher-forced probability of the answer tokens and EOS
         x = pipe.preprocess(path)[None]
-        best = answers[0]["answer"]
-        answer_ids = pipe.codec.encode(best) + [pipe.codec.eos]
-        logp = score_continuations(pipe.model, x, [pipe.codec.vqa_prompt(q)], [answer_ids])
-        assert answers[0]["probability"] == pytest.approx(float(logp.exp()), rel=1e-5)
-    assert ranked == [pipe.answer(p, q, candidates=cands) for p, q in zip(paths, qs, strict=True)]
-    assert [len(r) for r in pipe.answer(paths, qs, candidates=cands, top_k=2)] == [2, 2, 2]
+        answer_ids = pipe.codec.encode(answers[0].answer) + [pipe.codec.eos]
+        logp = score_continuations(pipe.model, x, [vqa_prompt(pipe.codec, q)], [answer_ids])
+        assert answers[0].probability == pytest.approx(float(logp.exp()), rel=1e-5)
+    for got, (p, q) in zip(ranked, zip(paths, qs, strict=True), strict=True):
+        assert_same_ranked(got, pipe.score_candidates(p, q, cands))
     with pytest.raises(ValueError, match="candidates"):
-        pipe.answer(paths[0], qs[0], candidates=["red", ""])
+        pipe.score_candidates(paths[0], qs[0], ["red", ""])
 
 
 def test_vqa_command_top_k(model_dir: Path, synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:
@@ -289,7 +327,8 @@ def test_vqa_command_top_k(model_dir: Path, synthetic_root: Path, capsys: pytest
         == 0
     )
     out = json.loads(capsys.readouterr().out)
-    assert out["answers"] == Pipeline.from_pretrained(model_dir, device="cpu").answer(image, q, top_k=3)
+    want = Pipeline.from_pretrained(model_dir, device="cpu").rank_answers(image, q, top_k=3)
+    assert_same_ranked([RankedAnswer(**a) for a in out["answers"]], want.answers)
     assert out["answer"] == out["answers"][0]["answer"]
 
 
@@ -326,12 +365,12 @@ def test_pipeline_bf16_autocast_is_off_on_cpu_by_default_and_works_when_asked(
     pipe = Pipeline.from_pretrained(model_dir, device="cpu", bf16=True)
     dtypes: set[torch.dtype] = set()
     hook = pipe.model.decoder.lm_head.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
-    caption = pipe.caption(image, max_new_tokens=8)
-    ranked = pipe.answer(image, "what color is the circle?", top_k=2)
+    caption = pipe.caption(image, GenerationConfig(max_new_tokens=8))
+    ranked = pipe.rank_answers(image, "what color is the circle?", top_k=2)
     hook.remove()
     assert dtypes == {torch.bfloat16}  # the matmuls really ran in bf16
     assert isinstance(caption, str)
-    assert 0 < sum(r["probability"] for r in ranked) <= 1 + 1e-6
+    assert 0 < sum(a.probability for a in ranked.answers) <= 1 + 1e-6
     assert next(pipe.model.parameters()).dtype == torch.float32  # weights stay float32
 
 
@@ -341,19 +380,20 @@ def test_answer_encodes_an_image_asked_several_questions_once(
     paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:2]]
     qs = ["what color is the circle?", "how many objects are there?", "is there a red square?"]
     pipe = Pipeline.from_pretrained(model_dir, device="cpu")
-    alone = {
-        "plain": [pipe.answer(paths[0], q) for q in qs] + [pipe.answer(paths[1], qs[0])],
-        "top_k": [pipe.answer(paths[0], q, top_k=2) for q in qs] + [pipe.answer(paths[1], qs[0], top_k=2)],
-        "cands": [pipe.answer(paths[0], q, candidates=["red", "2"]) for q in qs]
-        + [pipe.answer(paths[1], qs[0], candidates=["red", "2"])],
-    }
+    cands = ["red", "2"]
+    alone_plain = [pipe.answer(paths[0], q) for q in qs] + [pipe.answer(paths[1], qs[0])]
+    alone_ranked = [pipe.rank_answers(paths[0], q, top_k=2) for q in qs] + [pipe.rank_answers(paths[1], qs[0], 2)]
+    alone_cands = [pipe.score_candidates(paths[0], q, cands) for q in qs] + [
+        pipe.score_candidates(paths[1], qs[0], cands)
+    ]
     calls: list[object] = []
     preprocess = pipe.preprocess
     monkeypatch.setattr(pipe, "preprocess", lambda im: calls.append(im) or preprocess(im))
     images, questions = [paths[0]] * 3 + [paths[1]], [*qs, qs[0]]
-    assert pipe.answer(images, questions) == alone["plain"]
+    assert pipe.answer(images, questions) == alone_plain
     assert calls == paths  # each image once, in order of first appearance
-    assert pipe.answer(images, questions, top_k=2) == alone["top_k"]
-    assert pipe.answer(images, questions, candidates=["red", "2"]) == alone["cands"]
-    maps = pipe.answer(images, questions, return_attention=True)
-    assert [m.text for m in maps] == alone["plain"]
+    assert_same_rankings(pipe.rank_answers(images, questions, top_k=2), alone_ranked)
+    for got, want in zip(pipe.score_candidates(images, questions, cands), alone_cands, strict=True):
+        assert_same_ranked(got, want)
+    maps = pipe.answer_maps(images, questions)
+    assert [m.text for m in maps] == alone_plain
