@@ -143,12 +143,32 @@ def test_float_scaled_and_nan_safe(tmp_path: Path) -> None:
     assert out[1, 0, 0] == 0 and out[1, -1, 0] == 255 and out[0, 0, 0] == 0
 
 
-def test_exif_orientation_rotates(tmp_path: Path) -> None:
-    src = Image.fromarray(np.stack([_gradient()] * 3, axis=-1))
+@pytest.mark.parametrize(
+    "orientation,size,corner",
+    [
+        (1, (32, 16), "top left"),  # as stored
+        (3, (32, 16), "bottom right"),  # rotate 180 to display
+        (6, (16, 32), "top right"),  # rotate 90 clockwise to display
+        (8, (16, 32), "bottom left"),  # rotate 90 counter-clockwise to display
+    ],
+)
+def test_exif_orientation_rotates_the_right_way(
+    tmp_path: Path, orientation: int, size: tuple[int, int], corner: str
+) -> None:
+    """A red 8x8 block in the stored image's top-left corner must land where a viewer shows it."""
+    pixels = np.zeros((16, 32, 3), dtype=np.uint8)
+    pixels[...] = (0, 0, 255)
+    pixels[:8, :8] = (255, 0, 0)
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    path = _save(src, tmp_path / "rot.jpg", exif=exif.tobytes())
-    _check_rgb(load_image(path), size=(16, 32))
+    exif[0x0112] = orientation
+    path = _save(Image.fromarray(pixels), tmp_path / "rot.jpg", exif=exif.tobytes())
+    out = load_image(path)
+    _check_rgb(out, size=size)
+    w, h = out.size
+    corners = {"top left": (2, 2), "top right": (w - 3, 2), "bottom left": (2, h - 3), "bottom right": (w - 3, h - 3)}
+    for name, xy in corners.items():
+        red = out.getpixel(xy)[0] > 200 and out.getpixel(xy)[2] < 60
+        assert red == (name == corner), (name, out.getpixel(xy))
 
 
 def test_bytes_and_pil_input(tmp_path: Path) -> None:
