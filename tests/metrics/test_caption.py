@@ -1,6 +1,8 @@
 """Tests for vision_attn.metrics.caption, with expected values worked out by hand from the official definitions."""
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +103,86 @@ def test_caption_scores_is_quiet(capsys: pytest.CaptureFixture[str]) -> None:
 def test_caption_scores_missing_references_raises() -> None:
     with pytest.raises(ValueError, match="Image id 7"):
         caption_scores({1: "a dog", 7: "a cat"}, _REFS)
+
+
+# A few images with five references each, written like COCO captions (case, punctuation, clitics, numbers).
+_TOOLKIT_REFS = {
+    11: [
+        "A man riding a wave on top of a surfboard.",
+        "A surfer rides a large wave in the ocean",
+        "a person on a surf board riding a wave",
+        "The surfer is catching a big wave!",
+        "A man surfing on a blue wave, near the shore.",
+    ],
+    12: [
+        "Two giraffes standing next to each other in a field.",
+        "Two giraffes in a grassy field near some trees",
+        "A pair of giraffes that are standing in the grass",
+        "The giraffes are eating leaves off the tree.",
+        "two tall giraffes stand together in the wild",
+    ],
+    13: [
+        "A pizza with cheese, tomatoes and basil on it.",
+        "A small pizza sitting on top of a white plate",
+        "A cheese pizza on a plate next to a fork.",
+        "there's a pizza with lots of toppings on the table",
+        "A pizza that has been cut into 8 slices",
+    ],
+    14: [
+        "A black-and-white cat sleeping on a laptop's keyboard.",
+        "A cat is lying on top of a laptop computer",
+        "a cat naps on the keys of an open laptop",
+        "The cat doesn't want you to use the computer.",
+        "A kitten curled up on a keyboard (sleeping)",
+    ],
+}
+_TOOLKIT_PREDICTIONS = {
+    11: "A man riding a wave on a surfboard.",
+    12: "two giraffes standing in a field",
+    13: "A pizza with tomatoes and cheese on a plate",
+    14: "A cat that's sleeping on a laptop keyboard!",
+}
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="the toolkit's PTBTokenizer and METEOR need Java")
+def test_caption_scores_equal_the_toolkit_steps(tmp_path: Path) -> None:
+    """The toolkit's own pipeline: COCO files, ``loadRes``, then ``COCOEvalCap.evaluate``'s steps without SPICE.
+
+    ``evaluate`` itself cannot run offline (it constructs the SPICE scorer, which downloads CoreNLP models), so its
+    steps are taken one by one here: the Java PTB tokenizer on each side, then BLEU, METEOR, ROUGE-L and CIDEr.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.eval import COCOEvalCap
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    from pycocotools.coco import COCO
+
+    anns = [
+        {"id": 100 * i + j, "image_id": i, "caption": c}
+        for i, refs in _TOOLKIT_REFS.items()
+        for j, c in enumerate(refs)
+    ]
+    (tmp_path / "gt.json").write_text(json.dumps({"images": [{"id": i} for i in _TOOLKIT_REFS], "annotations": anns}))
+    (tmp_path / "res.json").write_text(
+        json.dumps([{"image_id": i, "caption": c} for i, c in _TOOLKIT_PREDICTIONS.items()])
+    )
+    coco = COCO(str(tmp_path / "gt.json"))
+    evaluator = COCOEvalCap(coco, coco.loadRes(str(tmp_path / "res.json")))
+    ids = evaluator.params["image_id"]
+    gts = PTBTokenizer().tokenize({i: evaluator.coco.imgToAnns[i] for i in ids})
+    res = PTBTokenizer().tokenize({i: evaluator.cocoRes.imgToAnns[i] for i in ids})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    meteor = Meteor()
+    toolkit = {f"bleu{n + 1}": b for n, b in enumerate(bleu)}
+    toolkit["meteor"] = meteor.compute_score(gts, res)[0]
+    del meteor
+    toolkit["rouge_l"] = Rouge().compute_score(gts, res)[0]
+    toolkit["cider"] = Cider().compute_score(gts, res)[0]
+
+    ours = caption_scores(_TOOLKIT_PREDICTIONS, _TOOLKIT_REFS, meteor=True)
+    assert gts == {i: [tokenize_caption(c) for c in refs] for i, refs in _TOOLKIT_REFS.items()}
+    # Same tokens into the same scorers in the same order: the same floats.
+    assert ours == toolkit
+    assert 0 < ours["bleu4"] < 1 and ours["cider"] > 0

@@ -1,5 +1,16 @@
-"""COCO caption metrics: the scorers of the COCO caption toolkit (`pycocoevalcap`) on captions tokenized by a
-pure-Python stand-in for its Java PTB tokenizer.
+"""COCO caption metrics: BLEU-1..4, METEOR, ROUGE-L and CIDEr-D from the COCO caption toolkit.
+
+The scorers are pycocoevalcap 1.2's (salaniz/pycocoevalcap, the Python 3 port of tylin/coco-caption), called as its
+``COCOEvalCap.evaluate`` calls them: each on ``{image_id: [tokenized captions]}`` dicts, one prediction per image,
+CIDEr's document frequencies taken from the scored images' references. Only the tokenization is ours: the toolkit's
+``PTBTokenizer`` shells out to Stanford CoreNLP (Java), and `tokenize_caption` gives the same tokens in pure Python.
+Where Java exists, tests check it against the Java tokenizer and the scores against the toolkit's own steps.
+
+SPICE is not computed. The toolkit's SPICE scorer downloads the Stanford CoreNLP 3.6.0 distribution with its models
+(hundreds of megabytes) from nlp.stanford.edu the first time it is constructed, then runs ``spice-1.0.jar`` with an
+8 GB Java heap on a Java 8 runtime (the jar fails on recent Javas). Evaluation here runs without network access, so
+there is nothing to download the models with; ``COCOEvalCap.evaluate`` builds that scorer unconditionally, which is
+also why `caption_scores` calls the other scorers one by one instead of going through it.
 """
 
 from __future__ import annotations
@@ -58,12 +69,14 @@ def java_available() -> bool:
 def meteor_score(res: dict[int, list[str]], gts: dict[int, list[str]]) -> float:
     """METEOR 1.5 through the COCO toolkit's jar (a Java subprocess that lives for this call).
 
-    res/gts hold PTB-tokenized captions; "|" is the jar's field separator on its stdin, so it is dropped.
+    res/gts hold PTB-tokenized captions. "|||" separates the fields of the jar's input lines: the toolkit deletes it
+    from each prediction (then turns double spaces into single ones); it is deleted from the references too, where
+    the toolkit would pass it on and misalign the jar's fields.
     """
     from pycocoevalcap.meteor.meteor import Meteor
 
     def clean(caps: list[str]) -> list[str]:
-        return [c.replace("|", " ") for c in caps]
+        return [c.replace("|||", "").replace("  ", " ") for c in caps]
 
     scorer = Meteor()
     try:
