@@ -7,7 +7,7 @@ whose human answers carry distinct ``answer_id`` values, as in VQAv2; ``VQAEval.
 and we kept each question's unrounded accuracy (the value it passes to ``setEvalQA``), its ``accuracy`` dict, and for
 every answer string ``processDigitArticle(processPunctuation(...))`` after evaluate's cleaning. The cases: every key
 of the official contraction table as written, without apostrophes and upper-cased; punctuation at every position;
-33 to 100 periods; numbers with commas and decimals; number words and articles; tabs, newlines and Unicode spaces;
+1 to 100 periods; numbers with commas and decimals; number words and articles; tabs, newlines and Unicode spaces;
 Unicode letters and digits; empty answers; unanimous and split humans with 1 to 11 answers; a rounding tie. The
 file's ``python2`` entry records where the unmodified file on Python 2.7.18 answers differently (see
 ``vision_attn/metrics/vqa.py``); the tests hold us to the Python 3 outputs.
