@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -89,20 +90,22 @@ def test_evaluate_results_files_against_hand_computed_values(split_root: Path, t
     # the result files are written back in the standard formats
     assert json.loads((out / "vqa_results.json").read_text())[1] == {"question_id": 101, "answer": "two"}
     assert len(json.loads((out / "captions_results.json").read_text())) == 2
+    assert "partial" not in m
 
 
 @pytest.mark.skipif(not java_available(), reason="METEOR needs a Java runtime")
 def test_evaluate_meteor_exact_and_disjoint(split_root: Path, tmp_path: Path) -> None:
+    argv = ["evaluate", "--data-root", str(split_root), "--allow-partial", "--results"]  # image 1 of 2
     exact = _results(tmp_path, captions=[{"image_id": 1, "caption": "a red circle on the left"}])
-    assert main(["evaluate", "--data-root", str(split_root), "--results", *exact, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, *exact, "--out", str(tmp_path / "a")]) == 0
     assert json.loads((tmp_path / "a/metrics.json").read_text())["meteor"] == pytest.approx(1.0)
     other = _results(tmp_path, captions=[{"image_id": 1, "caption": "purple elephants juggling"}])
-    assert main(["evaluate", "--data-root", str(split_root), "--results", *other, "--out", str(tmp_path / "b")]) == 0
+    assert main([*argv, *other, "--out", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b/metrics.json").read_text())["meteor"] == 0.0
 
 
 def test_evaluate_no_meteor_flag(split_root: Path, tmp_path: Path) -> None:
-    files = _results(tmp_path, captions=[{"image_id": 1, "caption": "a red circle"}])
+    files = _results(tmp_path, captions=[{"image_id": 1, "caption": "a red circle"}, {"image_id": 2, "caption": "x"}])
     argv = ["evaluate", "--data-root", str(split_root), "--results", *files, "--out", str(tmp_path), "--no-meteor"]
     assert main(argv) == 0
     assert "meteor" not in json.loads((tmp_path / "metrics.json").read_text())
@@ -133,3 +136,94 @@ def test_evaluate_bad_results_file_is_one_clear_error(
 def test_evaluate_needs_model_or_results(split_root: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["evaluate", "--data-root", str(split_root)]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+_ANSWERS = [{"question_id": 100, "answer": "red"}, {"question_id": 101, "answer": "two"}]  # 102 left out
+_CAPTIONS = [{"image_id": 1, "caption": "a red circle"}]  # image 2 left out
+
+
+@pytest.mark.parametrize(
+    ("answers", "captions", "message"),
+    [
+        (_ANSWERS, None, "no result for 1 of the split's 3 question ids (e.g. [102])"),
+        (None, _CAPTIONS, "no result for 1 of the split's 2 image ids (e.g. [2])"),
+    ],
+)
+def test_evaluate_results_missing_ids_is_one_error_naming_how_many(
+    split_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    answers: list[dict] | None,
+    captions: list[dict] | None,
+    message: str,
+) -> None:
+    """The official loaders refuse results that leave out part of the split; so do we, without --allow-partial."""
+    files = _results(tmp_path, captions=captions, answers=answers)
+    argv = ["evaluate", "--data-root", str(split_root), "--results", *files, "--out", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "--allow-partial" in err
+    assert Path(files[0]).name in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_allow_partial_scores_what_is_there_and_says_so(split_root: Path, tmp_path: Path) -> None:
+    files = _results(tmp_path, captions=_CAPTIONS, answers=_ANSWERS)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data-root", str(split_root), "--results", *files, "--out", str(out), "--allow-partial"]
+    assert main([*argv, "--no-meteor"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["partial"] is True
+    assert m["num_questions"] == 2
+    assert m["vqa_accuracy"] == pytest.approx((100 + 60) / 2)  # "red" 10/10, "two" -> "2" 2/10
+    assert m["per_answer_type"] == {"other": 100.0, "number": 60.0}
+    assert m["bleu1"] == pytest.approx(math.exp(1 - 6 / 3))  # image 1 only: 3 words against 6, all matching
+    assert len(json.loads((out / "captions_results.json").read_text())) == 1
+
+
+def test_evaluate_allow_partial_with_complete_results_is_not_partial(split_root: Path, tmp_path: Path) -> None:
+    files = _results(tmp_path, answers=[*_ANSWERS, {"question_id": 102, "answer": "yes"}])
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data-root", str(split_root), "--results", *files, "--out", str(out), "--allow-partial"]
+    assert main(argv) == 0
+    assert "partial" not in json.loads((out / "metrics.json").read_text())
+
+
+def test_evaluate_duplicate_question_ids_warn_and_the_last_answer_wins(
+    split_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The official VQA loader indexes results by question id, so a repeated id keeps its last answer."""
+    answers = [
+        {"question_id": 100, "answer": "blue"},
+        {"question_id": 101, "answer": "3"},
+        {"question_id": 102, "answer": "yes"},
+        {"question_id": 100, "answer": "red"},  # wins over "blue": 100
+        {"question_id": 101, "answer": "2"},  # wins over "3": 60
+    ]
+    files = _results(tmp_path, answers=answers)
+    out = tmp_path / "eval"
+    with caplog.at_level(logging.WARNING, logger="vision_attn"):
+        assert main(["evaluate", "--data-root", str(split_root), "--results", *files, "--out", str(out)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("question ids answered more than once: 2;" in w and "vqa_results.json" in w for w in warnings)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["vqa_accuracy"] == pytest.approx((100 + 60 + 100) / 3, abs=0.01)
+    assert m["num_questions"] == 3 and "partial" not in m
+    written = json.loads((out / "vqa_results.json").read_text())
+    assert written == [
+        {"question_id": 100, "answer": "red"},
+        {"question_id": 101, "answer": "2"},
+        {"question_id": 102, "answer": "yes"},
+    ]
+
+
+def test_evaluate_duplicate_image_ids_are_one_error(
+    split_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The COCO caption toolkit's scorers take exactly one caption per image (BLEU asserts it): refuse, don't pick."""
+    captions = [{"image_id": 1, "caption": "a"}, {"image_id": 2, "caption": "b"}, {"image_id": 1, "caption": "c"}]
+    files = _results(tmp_path, captions=captions)
+    assert main(["evaluate", "--data-root", str(split_root), "--results", *files, "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "captions_results.json: image ids with more than one caption: 1 (e.g. [1])" in err
+    assert not (tmp_path / "e").exists()

@@ -50,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.max_images:
         records = records[: args.max_images]
     if args.results:
-        preds = load_results(args.results, records)
+        preds = load_results(args.results, records, allow_partial=args.allow_partial)
     else:
         from vision_attn.inference import Pipeline
         from vision_attn.tasks import GenerationConfig
@@ -233,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="score result files made elsewhere instead of a model: COCO captions results and/or VQAv2 results json",
+    )
+    s.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="with --results: score files that leave out some of the split's ids (metrics.json records partial: true)",
     )
     s.add_argument("--data-root", required=True, help="folder in the COCO 2014 + VQAv2 layout")
     s.add_argument("--split", default="val")

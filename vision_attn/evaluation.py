@@ -34,12 +34,14 @@ class Predictions:
     references: dict[int, list[str]] = field(default_factory=dict)
     answers: dict[int, str] = field(default_factory=dict)
     annotations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    partial: bool = False  # read from result files that leave out some of the split's ids (`load_results`)
 
     def merge(self, other: Predictions) -> None:
         self.captions.update(other.captions)
         self.references.update(other.references)
         self.answers.update(other.answers)
         self.annotations.update(other.annotations)
+        self.partial = self.partial or other.partial
 
 
 def predict_batch(
@@ -93,6 +95,8 @@ def score(preds: Predictions, meteor: bool = False) -> dict[str, Any]:
         metrics["per_question_type"] = vqa["per_question_type"]
         metrics["per_answer_type"] = vqa["per_answer_type"]
         metrics["num_questions"] = vqa["num_questions"]
+    if preds.partial:
+        metrics["partial"] = True
     return metrics
 
 
@@ -123,47 +127,100 @@ def evaluate_records(
     return preds
 
 
-def load_results(paths: list[str | Path], records: list[ImageRecord]) -> Predictions:
+def load_results(paths: list[str | Path], records: list[ImageRecord], allow_partial: bool = False) -> Predictions:
     """Read result files made by any system and pair them with the split's references and annotations.
 
     Each file is a COCO caption results list (`[{"image_id", "caption"}]`) or a VQAv2 results list
-    (`[{"question_id", "answer"}]`); the kind is read from the first entry's keys.
+    (`[{"question_id", "answer"}]`); the kind is read from the first entry's keys. Files of one kind are read as one.
+    As with the official tools, results must cover the split: the VQA loader (`loadRes`) refuses a file that lacks a
+    question, and the COCO caption evaluation fails on an image without a caption unless told to score only the
+    images in the results. `allow_partial` scores what is there and marks the predictions `partial`.
+
+    A question id given twice is a warning and its last answer is scored (the VQA loader keeps the last one); an image
+    id given twice is an error, since the COCO toolkit's scorers accept exactly one caption per image.
 
     Raises:
-        DataFormatError: a file is not valid JSON, not a list of such dicts, or names an id the split lacks.
+        DataFormatError: a file is not valid JSON, not a list of such dicts, names an id the split lacks, gives an
+            image two captions, or (without `allow_partial`) leaves out some of the split's ids.
     """
     by_image = {r.image_id: r for r in records}
     questions = {q.question_id: q for r in records for q in r.questions if q.answers}
-    preds = Predictions()
+    found: dict[str, dict[int, str]] = {"caption": {}, "answer": {}}
+    files: dict[str, list[str]] = {"caption": [], "answer": []}
+    repeated: dict[str, set[int]] = {"caption": set(), "answer": set()}
     for path in map(Path, paths):
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataFormatError(f"{path}: cannot read a JSON results file ({e})") from e
-        if not isinstance(entries, list) or not entries or not all(isinstance(x, dict) for x in entries):
-            raise DataFormatError(f"{path}: a results file is a non-empty JSON list of objects")
-        kind = "caption" if "caption" in entries[0] else "answer" if "answer" in entries[0] else None
-        if kind is None:
-            raise DataFormatError(f"{path}: entries need 'image_id' + 'caption' or 'question_id' + 'answer'")
-        id_key, known = ("image_id", by_image) if kind == "caption" else ("question_id", questions)
+        kind, id_key, entries = _read_results_file(path)
+        known = by_image if kind == "caption" else questions
+        files[kind].append(str(path))
         for n, x in enumerate(entries):
             if not isinstance(x.get(kind), str) or not isinstance(x.get(id_key), int):
                 raise DataFormatError(f"{path}: entry {n} needs an integer {id_key!r} and a string {kind!r}: {x}")
             if x[id_key] not in known:
                 raise DataFormatError(f"{path}: entry {n}: {id_key} {x[id_key]} is not in the evaluated split")
-            if kind == "caption":
-                rec = by_image[x["image_id"]]
-                if not rec.captions:
-                    raise DataFormatError(f"{path}: entry {n}: image {rec.image_id} has no reference captions")
-                preds.captions[rec.image_id] = x["caption"]
-                preds.references[rec.image_id] = rec.captions
-            else:
-                q = questions[x["question_id"]]
-                preds.answers[q.question_id] = x["answer"]
+            if kind == "caption" and not by_image[x["image_id"]].captions:
+                raise DataFormatError(f"{path}: entry {n}: image {x['image_id']} has no reference captions")
+            if x[id_key] in found[kind]:
+                repeated[kind].add(x[id_key])
+            found[kind][x[id_key]] = x[kind]
+    captions, answers = found["caption"], found["answer"]
+    if repeated["caption"]:
+        raise DataFormatError(
+            f"{', '.join(files['caption'])}: image ids with more than one caption: {len(repeated['caption'])} "
+            f"(e.g. {sorted(repeated['caption'])[:3]}); the COCO caption toolkit scores exactly one per image"
+        )
+    if repeated["answer"]:
+        log.warning(
+            "%s: question ids answered more than once: %d; scoring the last answer of each, as the official VQA "
+            "loader does",
+            ", ".join(files["answer"]),
+            len(repeated["answer"]),
+        )
+    with_refs = {r.image_id for r in records if r.captions}
+    partial = _check_coverage(files["caption"], "image", set(captions), with_refs, allow_partial)
+    partial |= _check_coverage(files["answer"], "question", set(answers), set(questions), allow_partial)
+
+    # In split order, not the files' order: the scores then do not depend on how a system ordered its results.
+    preds = Predictions(partial=partial)
+    for rec in records:
+        if rec.image_id in captions:
+            preds.captions[rec.image_id] = captions[rec.image_id]
+            preds.references[rec.image_id] = rec.captions
+        for q in rec.questions:
+            if q.question_id in answers:
+                preds.answers[q.question_id] = answers[q.question_id]
                 preds.annotations[q.question_id] = vqa_annotation(q)
-    if preds.answers and len(preds.answers) < len(questions):
-        log.warning("results answer %d of the split's %d questions; scoring those", len(preds.answers), len(questions))
     return preds
+
+
+def _read_results_file(path: Path) -> tuple[str, str, list[dict[str, Any]]]:
+    """A results file's kind ("caption" or "answer"), its id key and its entries; DataFormatError if malformed."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataFormatError(f"{path}: cannot read a JSON results file ({e})") from e
+    if not isinstance(entries, list) or not entries or not all(isinstance(x, dict) for x in entries):
+        raise DataFormatError(f"{path}: a results file is a non-empty JSON list of objects")
+    if "caption" in entries[0]:
+        return "caption", "image_id", entries
+    if "answer" in entries[0]:
+        return "answer", "question_id", entries
+    raise DataFormatError(f"{path}: entries need 'image_id' + 'caption' or 'question_id' + 'answer'")
+
+
+def _check_coverage(files: list[str], what: str, given: set[int], expected: set[int], allow_partial: bool) -> bool:
+    """Whether results of one kind leave out some of the split's ids; DataFormatError for that unless allowed."""
+    missing = expected - given
+    if not files or not missing:
+        return False
+    where = ", ".join(files)
+    if not allow_partial:
+        raise DataFormatError(
+            f"{where}: no result for {len(missing)} of the split's {len(expected)} {what} ids "
+            f"(e.g. {sorted(missing)[:3]}); the official evaluation needs them all, or pass --allow-partial "
+            "(allow_partial=True) to score only those given"
+        )
+    log.warning("%s: scoring %d of the split's %d %s ids (partial results)", where, len(given), len(expected), what)
+    return True
 
 
 def write_results(preds: Predictions, metrics: dict[str, Any], out_dir: str | Path) -> None:
