@@ -397,3 +397,59 @@ def test_answer_encodes_an_image_asked_several_questions_once(
         assert_same_ranked(got, want)
     maps = pipe.answer_maps(images, questions)
     assert [m.text for m in maps] == alone_plain
+
+
+def _break_config_json(d: Path) -> str:
+    (d / "config.json").write_text("{not json")
+    return "config.json: not a readable JSON file"
+
+
+def _drop_config_key(d: Path) -> str:
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["decoder"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    return "config.json: missing key 'decoder'"
+
+
+def _truncate_weights(d: Path) -> str:
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    return "model.safetensors: not the weights of this model"
+
+
+def _break_tokenizer(d: Path) -> str:
+    (d / "tokenizer.json").write_text('{"model": 3}')
+    return "tokenizer.json: not a valid tokenizer.json"
+
+
+def _remove_folder(d: Path) -> str:
+    shutil.rmtree(d)
+    return "no such model folder"
+
+
+@pytest.mark.parametrize(
+    "damage", [_break_config_json, _drop_config_key, _truncate_weights, _break_tokenizer, _remove_folder]
+)
+@pytest.mark.parametrize("command", ["caption", "vqa"])
+def test_a_broken_model_folder_is_one_error_line(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, damage: Callable[[Path], str], command: str
+) -> None:
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    expected = damage(broken)
+    image = str(Path(__file__).resolve().parents[1] / "assets" / "scene_1.jpg")
+    args = ["caption", image] if command == "caption" else ["vqa", "--image", image, "--question", "what color?"]
+    assert main([*args, "--model", str(broken), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and str(broken) in err, err
+    assert len(err.splitlines()) == 1, err  # no traceback
+
+
+def test_vqa_with_an_unreadable_image_is_one_error_line(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert main(["vqa", "--model", str(model_dir), "--image", str(bad), "--question", "what?", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {bad}: not a recognised image file", err

@@ -15,7 +15,7 @@ from torch import Tensor
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 from vision_attn.data.transforms import normalize
 from vision_attn.decoding import DecodeBuffers
-from vision_attn.models import ImageEncoder, VisionAttnModel, text_loss
+from vision_attn.models import ImageEncoder, ModelFolderError, VisionAttnModel, text_loss
 
 # the tiny config of conftest: 32 px images in 8 px patches, decoder width 48, vocabulary 60
 IMAGE_SIZE, N_TOKENS, WIDTH, VOCAB = 32, 16, 48, 60
@@ -186,7 +186,7 @@ def test_from_pretrained_ignores_the_encoder_weights_file(make_config, tmp_path:
 def test_from_pretrained_names_a_missing_file(tiny_model: VisionAttnModel, tmp_path: Path) -> None:
     tiny_model.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(ModelFolderError, match="model.safetensors is missing"):
         VisionAttnModel.from_pretrained(tmp_path)
 
 

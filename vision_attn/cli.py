@@ -317,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    from vision_attn.data.errors import DataFormatError
+    from vision_attn.data.errors import DataFormatError, ImageLoadError
+    from vision_attn.models import ModelFolderError
 
     try:
         return args.func(args)
-    except DataFormatError as e:  # bad data or result files: one line naming the file and field, no traceback
+    except (DataFormatError, ModelFolderError, ImageLoadError) as e:
+        # bad data, result files, model folder or image: one line naming the file and what is wrong, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

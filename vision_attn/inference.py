@@ -20,7 +20,7 @@ from vision_attn.data.images import load_image
 from vision_attn.data.tokenizer import TextCodec, load_tokenizer
 from vision_attn.data.transforms import image_transform
 from vision_attn.decoding import CompiledDecoder
-from vision_attn.models import VisionAttnModel
+from vision_attn.models import ModelFolderError, VisionAttnModel
 from vision_attn.tasks import GenerationConfig, RankedAnswer, Ranking, Tasks, check_questions
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,22 @@ class Pipeline:
         bf16: bool | None = None,
         compile: bool = False,
     ) -> Pipeline:
-        """Load `config.json`, `model.safetensors` and `tokenizer.json` from `model_dir`."""
+        """Load `config.json`, `model.safetensors` and `tokenizer.json` from `model_dir`.
+
+        Raises:
+            ModelFolderError: a file is missing, damaged or does not fit the model; the message names it.
+        """
         dev = resolve_device(device)
         model = VisionAttnModel.from_pretrained(model_dir, device=dev)
-        codec = TextCodec(load_tokenizer(Path(model_dir) / "tokenizer.json"))
+        try:
+            codec = TextCodec(load_tokenizer(Path(model_dir) / "tokenizer.json"))
+        except (OSError, ValueError) as e:
+            raise ModelFolderError(str(e)) from e
+        if codec.vocab_size != model.config.decoder.vocab_size:
+            raise ModelFolderError(
+                f"{Path(model_dir) / 'tokenizer.json'}: {codec.vocab_size} tokens, but the model's vocabulary has "
+                f"{model.config.decoder.vocab_size}: the files come from different models"
+            )
         return cls(model, codec, dev, batch_size, bf16, compile)
 
     @contextlib.contextmanager

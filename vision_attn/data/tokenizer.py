@@ -58,7 +58,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         path = path / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file not found: {path}")
-    tok = wrap(Tokenizer.from_file(str(path)))
+    try:
+        tok = wrap(Tokenizer.from_file(str(path)))
+    except Exception as e:  # the Rust tokenizer raises a bare Exception for a malformed file
+        raise ValueError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from e
     for i, t in enumerate(SPECIAL_TOKENS):
         if tok.convert_tokens_to_ids(t) != i:
             raise ValueError(f"{path}: special token {t} must have id {i}; was this tokenizer made by vision-attn?")

@@ -5,6 +5,7 @@ Notation: B images, M texts (several texts may share one image), T text tokens, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -75,20 +76,54 @@ class VisionAttnModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> VisionAttnModel:
-        """Load a folder written by `save_pretrained` (no pickle, no Lightning)."""
+        """Load a folder written by `save_pretrained` (no pickle, no Lightning).
+
+        Raises:
+            ModelFolderError: the folder or a file is missing, `config.json` is not a model config, or
+                `model.safetensors` is damaged or holds other weights; the message names the file and why.
+        """
         from safetensors.torch import load_file
 
         d = Path(model_dir)
+        if not d.is_dir():
+            raise ModelFolderError(f"{d}: no such model folder (expected the output of `vision-attn export`)")
         for name in ("config.json", "model.safetensors"):
             if not (d / name).is_file():
-                raise FileNotFoundError(f"{d} is not a vision-attn model folder: {name} is missing")
-        cfg_dict = json.loads((d / "config.json").read_text())
-        cfg_dict["encoder"]["pretrained"] = None  # the weights are in model.safetensors
-        model = cls(ModelConfig.from_dict(cfg_dict))
-        state = load_file(str(d / "model.safetensors"), device=str(device))
-        state["decoder.lm_head.weight"] = state["decoder.tok_emb.weight"]
-        model.load_state_dict(state)
+                raise ModelFolderError(f"{d} is not a vision-attn model folder: {name} is missing")
+        config = read_config(d / "config.json")
+        model = cls(config)
+        try:
+            state = load_file(str(d / "model.safetensors"), device=str(device))
+            state["decoder.lm_head.weight"] = state["decoder.tok_emb.weight"]
+            model.load_state_dict(state)
+        except Exception as e:  # safetensors reports a damaged file with its own error type
+            why = str(e).splitlines()[0][:300]
+            raise ModelFolderError(f"{d / 'model.safetensors'}: not the weights of this model ({why})") from e
         return model.to(device).eval()
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing a file, or a file is damaged or does not fit; the message names the file."""
+
+
+def read_config(path: Path) -> ModelConfig:
+    """A model folder's `config.json` as a `ModelConfig`, or a `ModelFolderError` naming the file and the problem."""
+    try:
+        cfg_dict = json.loads(path.read_text())
+        missing = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in cfg_dict]
+        if missing:  # a folder must say everything: a default here would build another model than was saved
+            raise KeyError(missing[0])
+        cfg_dict["encoder"] = {**cfg_dict["encoder"], "pretrained": None}  # the weights are in model.safetensors
+        config = ModelConfig.from_dict(cfg_dict)
+        if config.decoder.vocab_size <= 0:
+            raise ValueError(f"decoder.vocab_size is {config.decoder.vocab_size}")
+        return config
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{path}: not a readable JSON file ({e})") from e
+    except KeyError as e:
+        raise ModelFolderError(f"{path}: missing key {e}") from e
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ModelFolderError(f"{path}: not a vision-attn model config ({e})") from e
 
 
 def text_loss(logits: Tensor | Sequence[Tensor], labels: Tensor | Sequence[Tensor]) -> Tensor:
