@@ -453,3 +453,52 @@ def test_vqa_with_an_unreadable_image_is_one_error_line(
     assert main(["vqa", "--model", str(model_dir), "--image", str(bad), "--question", "what?", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {bad}: not a recognised image file", err
+
+
+def _huge_png(path: Path, side: int) -> Path:
+    """A valid side x side black RGB PNG of a few hundred KB, written row by row (never held in memory)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp, row = zlib.compressobj(9), b"\x00" * (1 + 3 * side)  # filter byte + pixels
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def _peak_rss_mb(args: list[str]) -> tuple[int, float, str]:
+    """Run `vision-attn ARGS` in a subprocess: its exit code, peak resident memory (MB) and stderr."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "vision_attn.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    stderr = proc.stderr.read() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024, stderr
+
+
+def test_caption_memory_is_bounded_by_the_batch_not_by_the_files(model_dir: Path, tmp_path: Path) -> None:
+    """A 13000 x 13000 PNG (169 MP, 0.5 MB on disk) is refused before it is decoded, and 24 MP JPEGs are decoded
+    reduced: captioning them costs little more memory than captioning one small image. Before, the PNG alone took
+    the command's peak from 0.9 to 3.1 GB."""
+    small = str(Path(__file__).resolve().parents[1] / "assets" / "scene_2.jpg")
+    huge = _huge_png(tmp_path / "huge.png", 13000)
+    photos = []
+    for i in range(3):
+        photos.append(tmp_path / f"photo{i}.jpg")
+        Image.new("RGB", (6000, 4000), (40 * i, 90, 160)).save(photos[-1], quality=90)
+    base = ["caption", "--model", str(model_dir), "--device", "cpu", "--batch-size", "4"]
+    code, baseline, _ = _peak_rss_mb([*base, small])
+    assert code == 0
+    code, peak, err = _peak_rss_mb([*base, small, str(huge), *map(str, photos), "--attention-dir", str(tmp_path)])
+    assert code == 1  # one file failed, the rest were captioned
+    assert err.strip() == f"error: {huge}: image is 13000x13000 = 169000000 pixels, over the limit of 50000000"
+    assert peak - baseline < 150, f"peak {peak:.0f} MB against {baseline:.0f} MB for one small image"
+    assert len(list(tmp_path.glob("photo*.png"))) == 3  # their attention pictures were drawn

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from vision_attn.attention_maps import AttentionResult
 
 log = logging.getLogger("vision_attn")
+PICTURE_SIDE = 448  # attention pictures draw the image at most this large
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
@@ -75,35 +76,44 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     from vision_attn.data.errors import ImageLoadError
     from vision_attn.data.images import find_images, load_image
+    from vision_attn.data.transforms import draft_side
     from vision_attn.inference import Pipeline
     from vision_attn.tasks import GenerationConfig
 
-    pipe = Pipeline.from_pretrained(args.model, device=args.device, batch_size=args.batch_size, compile=args.compile)
+    pipe = Pipeline.from_pretrained(
+        args.model, args.device, args.batch_size, compile=args.compile, max_pixels=args.max_pixels
+    )
     config = GenerationConfig(num_beams=args.num_beams)
+    side = draft_side(pipe.model.config.encoder.image_size)
     paths = find_images(args.paths)
     failed = 0
     pictures = _PictureNames(args.attention_dir)
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) < 16)
     for start in range(0, len(paths), args.batch_size):
+        # a batch keeps the model's input of each image and, for pictures, a copy of at most PICTURE_SIDE: memory
+        # is bounded by the batch size, not by the files (a large JPEG is decoded reduced, a huge image refused)
         chunk, loaded = paths[start : start + args.batch_size], []
         for path in chunk:
             try:
-                loaded.append((path, load_image(path)))
+                image = load_image(path, args.max_pixels, side)
             except ImageLoadError as e:  # one line naming the file; the rest are still captioned
                 tqdm.write(f"error: {e}", file=sys.stderr)
                 failed += 1
+                continue
+            pixels = pipe.preprocess(image)
+            if pictures.folder is not None:
+                image.thumbnail((PICTURE_SIDE, PICTURE_SIDE))
+            loaded.append((path, pixels, image if pictures.folder is not None else None))
         if loaded:
-            images = [image for _, image in loaded]
+            pixels = [x for _, x, _ in loaded]
             if pictures.folder is None:
-                rows = [
-                    {"image": str(p), "caption": c}
-                    for (p, _), c in zip(loaded, pipe.caption(images, config), strict=True)
-                ]
+                captions = pipe.caption(pixels, config)
+                rows = [{"image": str(p), "caption": c} for (p, _, _), c in zip(loaded, captions, strict=True)]
             else:  # a picture per image, named in a third column
-                results = pipe.caption_maps(images, config, args.attention_layer)
+                results = pipe.caption_maps(pixels, config, args.attention_layer)
                 rows = [
                     {"image": str(p), "caption": r.text, "attention_png": str(pictures.save(p, image, r, ".png"))}
-                    for (p, image), r in zip(loaded, results, strict=True)
+                    for (p, _, image), r in zip(loaded, results, strict=True)
                 ]
             for row in rows:
                 print(json.dumps(row) if args.json else "\t".join(row.values()), flush=True)
@@ -148,10 +158,11 @@ def cmd_vqa(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from vision_attn.data.images import load_image
+    from vision_attn.data.transforms import draft_side
     from vision_attn.inference import Pipeline
     from vision_attn.tasks import GenerationConfig
 
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    pipe = Pipeline.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels)
     row = {"image": args.image, "question": args.question}
     if args.top_k:
         if args.attention_dir:
@@ -170,9 +181,11 @@ def cmd_vqa(args: argparse.Namespace) -> int:
         ans = pipe.answer(args.image, args.question, config)
         print(json.dumps({**row, "answer": ans}) if args.json else ans)
         return 0
-    res = pipe.answer_maps(args.image, args.question, config, args.attention_layer)
+    image = load_image(args.image, args.max_pixels, draft_side(pipe.model.config.encoder.image_size))
+    res = pipe.answer_maps(image, args.question, config, args.attention_layer)
+    image.thumbnail((PICTURE_SIDE, PICTURE_SIDE))
     title = f"Q: {args.question}   A: {res.text}"
-    png = _PictureNames(args.attention_dir).save(args.image, load_image(args.image), res, ".vqa.png", title)
+    png = _PictureNames(args.attention_dir).save(args.image, image, res, ".vqa.png", title)
     row = {**row, "answer": res.text, "attention_png": str(png)}
     print(json.dumps(row) if args.json else f"{res.text}\t{png}")
     return 0
@@ -202,6 +215,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     serve(server, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _max_pixels_option(s: argparse.ArgumentParser) -> None:
+    from vision_attn.data.images import MAX_PIXELS
+
+    s.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"refuse larger images, width x height, before decoding them (default {MAX_PIXELS:,}; a JPEG counts "
+        "the pixels of its reduced decode)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--attention-layer", type=_layer, default="mean", help="decoder layer of the maps: 'mean' (default) or an index"
     )
+    _max_pixels_option(s)
     s.add_argument("paths", nargs="+")
     s.set_defaults(func=cmd_caption)
 
@@ -285,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--attention-layer", type=_layer, default="mean", help="decoder layer of the maps: 'mean' (default) or an index"
     )
+    _max_pixels_option(s)
     s.set_defaults(func=cmd_vqa)
 
     s = sub.add_parser(

@@ -16,9 +16,9 @@ from PIL import Image
 from torch import Tensor
 
 from vision_attn.attention_maps import DEFAULT_LAYER, AttentionLayer, AttentionResult
-from vision_attn.data.images import load_image
+from vision_attn.data.images import MAX_PIXELS, load_image
 from vision_attn.data.tokenizer import TextCodec, load_tokenizer
-from vision_attn.data.transforms import image_transform
+from vision_attn.data.transforms import draft_side, image_transform
 from vision_attn.decoding import CompiledDecoder
 from vision_attn.models import ModelFolderError, VisionAttnModel
 from vision_attn.tasks import GenerationConfig, RankedAnswer, Ranking, Tasks, check_questions
@@ -55,6 +55,8 @@ class Pipeline:
             bf16 matmuls are no faster and results would drift from float32 for nothing.
         compile: decode through a `CompiledDecoder` (CUDA graphs on a GPU). Worth it for many batches (a folder
             of photos): each batch shape compiles once, which takes longer than one uncompiled caption.
+        max_pixels: larger images are refused (`ImageLoadError`) before they are decoded; JPEGs are decoded at a
+            reduced size first (`load_image`), so this bounds PNGs and the like.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class Pipeline:
         batch_size: int = 32,
         bf16: bool | None = None,
         compile: bool = False,
+        max_pixels: int | None = MAX_PIXELS,
     ) -> None:
         self.model = model.to(device).eval()
         self.codec = codec
@@ -72,6 +75,7 @@ class Pipeline:
         self.batch_size = batch_size
         self.bf16 = bf16 if bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.transform = image_transform(model.config.encoder.image_size)
+        self.max_pixels = max_pixels
         self.tasks = Tasks(self.model, codec, CompiledDecoder(self.model) if compile else None)
 
     @classmethod
@@ -82,6 +86,7 @@ class Pipeline:
         batch_size: int = 32,
         bf16: bool | None = None,
         compile: bool = False,
+        max_pixels: int | None = MAX_PIXELS,
     ) -> Pipeline:
         """Load `config.json`, `model.safetensors` and `tokenizer.json` from `model_dir`.
 
@@ -99,7 +104,7 @@ class Pipeline:
                 f"{Path(model_dir) / 'tokenizer.json'}: {codec.vocab_size} tokens, but the model's vocabulary has "
                 f"{model.config.decoder.vocab_size}: the files come from different models"
             )
-        return cls(model, codec, dev, batch_size, bf16, compile)
+        return cls(model, codec, dev, batch_size, bf16, compile, max_pixels)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -109,14 +114,17 @@ class Pipeline:
 
     def preprocess(self, image: ImageInput) -> Tensor:
         """A path, bytes, PIL image or tensor ([3, H, W] floats in 0..1 or uint8) -> uint8 [3, S, S] (the model
-        normalises it)."""
+        normalises it). A uint8 tensor already [3, S, S] is taken as it is."""
+        size = self.model.config.encoder.image_size
         if isinstance(image, Tensor):
             if image.ndim != 3 or image.shape[0] != 3:
                 raise ValueError(f"an image tensor must be [3, H, W], got {list(image.shape)}")
+            if image.dtype == torch.uint8 and tuple(image.shape[1:]) == (size, size):
+                return image
             if image.is_floating_point():
                 image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
             image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
-        return self.transform(load_image(image))
+        return self.transform(load_image(image, self.max_pixels, draft_side(size)))
 
     # ---- captions: one per image ----
 

@@ -236,3 +236,18 @@ def test_find_images(tmp_path: Path) -> None:
     assert ".jpeg" in IMAGE_EXTENSIONS and ".txt" not in IMAGE_EXTENSIONS
     with pytest.raises(ImageLoadError, match="missing"):
         find_images([tmp_path / "missing"])
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_the_pixel_limit_counts_its_decode(tmp_path: Path) -> None:
+    """`draft_side` decodes a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= it."""
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(path, quality=90)
+    assert load_image(path).size == (4000, 3000)
+    assert load_image(path, draft_side=256).size == (500, 375)  # 1/8: 500 x 375 >= 256 on both sides
+    assert load_image(path, draft_side=1000).size == (2000, 1500)  # 1/2: at 1/4 the short side (750) is too short
+    assert load_image(path, max_pixels=200_000, draft_side=256).size == (500, 375)  # the decode is under the limit
+    with pytest.raises(ImageLoadError, match="4000x3000 = 12000000 pixels, over the limit of 200000"):
+        load_image(path, max_pixels=200_000)
+    png = tmp_path / "big.png"
+    Image.new("RGB", (1000, 800)).save(png)
+    assert load_image(png, draft_side=100).size == (1000, 800)  # other formats decode whole

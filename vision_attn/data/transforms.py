@@ -19,6 +19,12 @@ def image_transform(image_size: int) -> v2.Compose:
     return v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)])
 
 
+def draft_side(image_size: int) -> int:
+    """The side a JPEG is decoded down to at least (`load_image(draft_side=...)`) for a model of `image_size`: four
+    times it, so the resize to the model's input still averages many source pixels."""
+    return 4 * image_size
+
+
 def pixel_stats() -> tuple[Tensor, Tensor]:
     """MEAN and STD as [3, 1, 1] tensors (the encoder keeps them as buffers, on its device)."""
     return torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
