@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
-from vision_attn.data.readers import ImageRecord
+from vision_attn.data.records import ImageRecord
 from vision_attn.data.tokenizer import TextCodec
 from vision_attn.models import VisionAttnModel
 

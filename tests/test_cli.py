@@ -17,7 +17,7 @@ from vision_attn.cli import main
 from vision_attn.config import DecoderConfig, EncoderConfig
 from vision_attn.data.datamodule import VisionAttnDataModule
 from vision_attn.data.images import load_image
-from vision_attn.data.readers import read_split
+from vision_attn.data.layout import read_split
 from vision_attn.training import VisionAttnModule
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from vision_attn.data.datamodule import ImageTextDataset, collate
 from vision_attn.data.errors import DataFormatError
-from vision_attn.data.readers import ImageRecord, QAItem
+from vision_attn.data.records import ImageRecord, QAItem
 from vision_attn.data.tokenizer import TextCodec
 from vision_attn.generation import CompiledDecoder
 from vision_attn.inference import generate_answers, generate_captions

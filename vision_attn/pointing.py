@@ -21,7 +21,7 @@ from torch import Tensor
 
 from vision_attn.attention_maps import AttentionResult, reduce_maps
 from vision_attn.data.images import load_image
-from vision_attn.data.readers import ImageRecord
+from vision_attn.data.records import ImageRecord
 from vision_attn.data.tokenizer import TextCodec
 from vision_attn.data.transforms import image_transform
 from vision_attn.inference import generate_with_attention

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vision_attn.data.datamodule import DataFiles, VisionAttnDataModule, collate, length_buckets
+from vision_attn.data.datamodule import VisionAttnDataModule, collate, length_buckets
+from vision_attn.data.layout import DataFiles
 from vision_attn.data.tokenizer import IGNORE
 
 

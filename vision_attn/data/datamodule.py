@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +19,8 @@ from transformers import PreTrainedTokenizerFast
 
 from vision_attn.data.errors import ImageLoadError
 from vision_attn.data.images import load_image
-from vision_attn.data.readers import ImageRecord, merge_records, read_coco_captions, read_split, read_vqa
+from vision_attn.data.layout import DataFiles, read_files, read_split
+from vision_attn.data.records import ImageRecord
 from vision_attn.data.tokenizer import IGNORE, TextCodec, load_tokenizer, train_tokenizer
 from vision_attn.data.transforms import image_transform
 
@@ -31,39 +31,6 @@ TASKS = {"caption": 0, "vqa": 1}  # task ids carried by each text
 # built-in set (captions of 18 to 51 tokens, questions of 11 to 16) 3 buckets cut the padded text tokens of a step
 # by ~24%, and the decoder's cost is proportional to them.
 LENGTH_BUCKETS = 3
-
-
-@dataclass
-class DataFiles:
-    """Explicit files of one split (instead of `root`).
-
-    Args:
-        image_dir: folder of the images.
-        captions: COCO captions json (`annotations/captions_*.json`), optional.
-        questions: VQAv2 questions json, optional.
-        annotations: VQAv2 annotations json (answers), needed with `questions` for training.
-    """
-
-    image_dir: str
-    captions: str | None = None
-    questions: str | None = None
-    annotations: str | None = None
-
-
-def read_files(files: DataFiles) -> list[ImageRecord]:
-    if not files.captions and not files.questions:
-        raise ValueError("a split needs `captions` or `questions` (or both)")
-    image_dir = Path(files.image_dir)
-    parts = []
-    names = None
-    if files.captions:
-        caps = read_coco_captions(Path(files.captions), image_dir)
-        parts.append(caps)
-        names = {i: r.path.name for i, r in caps.items()}
-    if files.questions:
-        anns = Path(files.annotations) if files.annotations else None
-        parts.append(read_vqa(Path(files.questions), anns, image_dir, file_names=names))
-    return merge_records(*parts)
 
 
 class ImageTextDataset(Dataset):
