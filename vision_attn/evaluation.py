@@ -16,7 +16,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vision_attn.data.datamodule import ImageTextDataset, collate
+from vision_attn.data.collate import collate_images
+from vision_attn.data.datasets import ImageDataset
 from vision_attn.data.errors import DataFormatError
 from vision_attn.data.records import ImageRecord, QAItem
 from vision_attn.data.tokenizer import TextCodec
@@ -114,9 +115,8 @@ def evaluate_records(
 ) -> Predictions:
     """Generate for all records (captions and questions), batched, with a progress bar."""
     device = next(model.parameters()).device
-    size, max_len = model.config.encoder.image_size, model.config.decoder.max_len
-    ds = ImageTextDataset(records, codec, size, max_len, None, "both", tokenize=False)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    ds = ImageDataset(records, model.config.encoder.image_size)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
     preds = Predictions()
     skipped = 0
     for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
-from vision_attn.data.datamodule import TASKS
+from vision_attn.data.datasets import TASKS
 from vision_attn.data.tokenizer import TextCodec
 from vision_attn.evaluation import Predictions, predict_batch, score
 from vision_attn.inference import generate_captions
