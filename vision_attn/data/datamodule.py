@@ -1,13 +1,16 @@
 """One DataModule for COCO-captions and VQAv2-format data: a folder in the 2014 layout, or explicit files.
 
-Sampling is image-centric: an item is one image with its texts (one caption and up to
-`questions_per_image` questions in training; every caption and question in validation). Each image is
-decoded and encoded once per step however many texts ask about it.
+It follows Lightning's order, so that every process of a multi-GPU run has the same tokenizer and constructing it
+reads nothing: `prepare_data` (once per node) trains the tokenizer on the training text and writes it to a file;
+`setup` (every process) reads the records and loads that file; the LightningModule then sizes its model from
+`datamodule.tokenizer` in `configure_model`. A malformed json stops `prepare_data` or `setup`, before any step.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,9 +23,19 @@ from vision_attn.data.collate import collate
 from vision_attn.data.datasets import ImageTextDataset
 from vision_attn.data.layout import DataFiles, read_files, read_split
 from vision_attn.data.records import ImageRecord
-from vision_attn.data.tokenizer import TextCodec, load_tokenizer, train_tokenizer
+from vision_attn.data.tokenizer import TextCodec, load_tokenizer, save_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def training_text(records: list[ImageRecord]) -> Iterator[str]:
+    """Every caption, question and answer: what the tokenizer is trained on."""
+    for r in records:
+        yield from r.captions
+        for q in r.questions:
+            yield q.question
+            if q.answer:
+                yield q.answer
 
 
 class VisionAttnDataModule(L.LightningDataModule):
@@ -42,6 +55,8 @@ class VisionAttnDataModule(L.LightningDataModule):
         max_text_len: prompt + target tokens; longer texts are cut.
         num_workers: loader worker processes.
         tokenizer_file: a `tokenizer.json` to use; None trains one on the training text (deterministic).
+        tokenizer_out: where `prepare_data` writes the tokenizer it trains, for `setup` to load; None:
+            `tokenizer.json` in the trainer's `default_root_dir`. Unused with `tokenizer_file`.
         vocab_size: target vocabulary of a trained tokenizer.
         val_max_images: validate on at most this many images (None: all).
     """
@@ -60,6 +75,7 @@ class VisionAttnDataModule(L.LightningDataModule):
         max_text_len: int = 64,
         num_workers: int = 2,
         tokenizer_file: str | None = None,
+        tokenizer_out: str | None = None,
         vocab_size: int = 8000,
         val_max_images: int | None = None,
     ) -> None:
@@ -67,23 +83,64 @@ class VisionAttnDataModule(L.LightningDataModule):
         if root is None and (train_files is None or val_files is None):
             raise ValueError("set data.root to a COCO/VQAv2-layout folder, or both data.train_files and data.val_files")
         self.save_hyperparameters()
-        self.train_records = read_files(train_files) if train_files else read_split(Path(root), train_split)
-        self.val_records = read_files(val_files) if val_files else read_split(Path(root), val_split)
-        if val_max_images is not None:
-            self.val_records = self.val_records[:val_max_images]
-        self.tokenizer: PreTrainedTokenizerFast = (
-            load_tokenizer(tokenizer_file) if tokenizer_file else train_tokenizer(self._training_text(), vocab_size)
-        )
-        self.codec = TextCodec(self.tokenizer)
-        log.info("data: %d training images, %d validation images", len(self.train_records), len(self.val_records))
+        # all set by setup
+        self.train_records: list[ImageRecord] = []
+        self.val_records: list[ImageRecord] = []
+        self.tokenizer: PreTrainedTokenizerFast | None = None
+        self.codec: TextCodec | None = None
 
-    def _training_text(self):
-        for r in self.train_records:
-            yield from r.captions
-            for q in r.questions:
-                yield q.question
-                if q.answer:
-                    yield q.answer
+    @property
+    def tokenizer_path(self) -> Path:
+        """The tokenizer file `setup` loads: `tokenizer_file`, else the one `prepare_data` writes."""
+        hp = self.hparams
+        if hp.tokenizer_file or hp.tokenizer_out:
+            return Path(hp.tokenizer_file or hp.tokenizer_out)
+        if self.trainer is None:
+            raise ValueError(
+                "data.tokenizer_out: not set and no Trainer (whose default_root_dir would hold tokenizer.json); "
+                "set tokenizer_out or tokenizer_file"
+            )
+        return Path(self.trainer.default_root_dir) / "tokenizer.json"
+
+    def _read(self, train: bool) -> list[ImageRecord]:
+        """The records of the training or the validation split."""
+        hp = self.hparams
+        files, split = (hp.train_files, hp.train_split) if train else (hp.val_files, hp.val_split)
+        return read_files(files) if files else read_split(Path(hp.root), split)
+
+    def prepare_data(self) -> None:
+        """Train the tokenizer on the training text and write it to `tokenizer_path` (nothing with `tokenizer_file`).
+
+        Lightning runs this in one process per node, before `setup` in every process.
+        """
+        if self.hparams.tokenizer_file:
+            return
+        path = self.tokenizer_path
+        tokenizer = train_tokenizer(training_text(self._read(train=True)), self.hparams.vocab_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        save_tokenizer(tokenizer, partial)
+        partial.replace(path)  # atomic, so a process that shares the folder never loads half a file
+        log.info("wrote the tokenizer (%d tokens) to %s", len(tokenizer), path)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the records of the stage (training and validation for "fit", else validation) and load the tokenizer.
+
+        Raises:
+            DataFormatError: a json file is malformed (the message names the file and the field).
+            FileNotFoundError: there is no tokenizer file (`prepare_data` has not run, and no `tokenizer_file`).
+        """
+        if stage in (None, "fit") and not self.train_records:
+            self.train_records = self._read(train=True)
+        if not self.val_records:
+            self.val_records = self._read(train=False)[: self.hparams.val_max_images]
+        if self.tokenizer is None:
+            path = self.tokenizer_path
+            if not self.hparams.tokenizer_file and not path.exists():
+                raise FileNotFoundError(f"{path}: no tokenizer there; prepare_data writes it (the Trainer runs it)")
+            self.tokenizer = load_tokenizer(path)
+            self.codec = TextCodec(self.tokenizer)
+        log.info("data: %d training images, %d validation images", len(self.train_records), len(self.val_records))
 
     def _dataset(self, records: list[ImageRecord], train: bool) -> ImageTextDataset:
         hp = self.hparams
@@ -92,6 +149,8 @@ class VisionAttnDataModule(L.LightningDataModule):
         )
 
     def _loader(self, records: list[ImageRecord], train: bool) -> DataLoader:
+        if self.codec is None:
+            raise RuntimeError("VisionAttnDataModule: call prepare_data() and setup() first (a Trainer does)")
         hp = self.hparams
         return DataLoader(
             self._dataset(records, train),
