@@ -74,8 +74,8 @@ class TextCodec:
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast) -> None:
         self.tok = tokenizer
-        # The Rust tokenizer directly: same ids as `tokenizer.encode(..., add_special_tokens=False)`, 3x faster
-        # (data loading tokenizes ~10 short texts per image, next to the training step on the same cores).
+        # The Rust tokenizer directly: the same ids as `tokenizer.encode(..., add_special_tokens=False)` without
+        # the wrapper's per-call work; data loading tokenizes ~10 short texts per image, next to the training step.
         self._backend = tokenizer.backend_tokenizer
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         self.pad, self.bos, self.eos = ids[PAD], ids[BOS], ids[EOS]
