@@ -12,16 +12,14 @@ from typing_extensions import TypedDict
 
 from vision_attn.data.coco import read_coco_captions
 from vision_attn.data.errors import DataFormatError
-from vision_attn.data.records import STRICT, load_json
+from vision_attn.data.records import load_json
 
 
 class _Entry(TypedDict):
-    __pydantic_config__ = STRICT
     id: int
 
 
 class _File(TypedDict):
-    __pydantic_config__ = STRICT
     entries: list[_Entry]
 
 

@@ -13,54 +13,38 @@ from pydantic import TypeAdapter
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing only on Python >= 3.12
 
 from vision_attn.data.errors import DataFormatError
-from vision_attn.data.records import STRICT, ImageRecord, load_json
+from vision_attn.data.records import ImageRecord, load_json
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "captions_file",
-    "coco2014_image_name",
-    "coco2017_image_name",
-    "instances_file",
+    "CAPTIONS_FILE",
+    "IMAGE_2014",
+    "IMAGE_2017",
+    "INSTANCES_FILE",
     "read_captions_and_names",
     "read_coco_captions",
 ]
 
 
-def captions_file(subtype: str) -> str:
-    """``captions_val2014.json`` for subtype ``val2014`` (in the ``annotations/`` folder)."""
-    return f"captions_{subtype}.json"
-
-
-def instances_file(subtype: str) -> str:
-    """``instances_val2014.json`` for subtype ``val2014`` (in the ``annotations/`` folder)."""
-    return f"instances_{subtype}.json"
-
-
-def coco2014_image_name(subtype: str, image_id: int) -> str:
-    """``COCO_val2014_000000000042.jpg``."""
-    return f"COCO_{subtype}_{image_id:012d}.jpg"
-
-
-def coco2017_image_name(image_id: int) -> str:
-    """``000000000042.jpg``."""
-    return f"{image_id:012d}.jpg"
+# How COCO names its files; a subtype is a split and a year, such as "val2014".
+CAPTIONS_FILE = "captions_{subtype}.json"  # in annotations/
+INSTANCES_FILE = "instances_{subtype}.json"  # in annotations/
+IMAGE_2014 = "COCO_{subtype}_{image_id:012d}.jpg"
+IMAGE_2017 = "{image_id:012d}.jpg"
 
 
 class _Image(TypedDict):
-    __pydantic_config__ = STRICT
     id: int
     file_name: str
 
 
 class _Caption(TypedDict):
-    __pydantic_config__ = STRICT
     image_id: int
     caption: str
 
 
 class _CaptionsFile(TypedDict):
-    __pydantic_config__ = STRICT
     images: list[_Image]
     annotations: list[_Caption]
 

@@ -9,10 +9,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from vision_attn.data.coco import captions_file, instances_file, read_captions_and_names
+from vision_attn.data.coco import CAPTIONS_FILE, INSTANCES_FILE, read_captions_and_names
 from vision_attn.data.errors import DataFormatError
 from vision_attn.data.records import ImageRecord
-from vision_attn.data.vqa import annotations_file, questions_file, read_vqa
+from vision_attn.data.vqa import ANNOTATIONS_FILE, QUESTIONS_FILE, read_vqa
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +129,10 @@ def find_split_files(root: Path, split: str) -> SplitFiles:
     annotations = root / "annotations"
     json_dirs = (root, annotations)
 
-    captions_tried = [annotations / captions_file(f"{split}{year}") for year in ("2014", "2017")]
-    questions_tried = [d / questions_file(f"{split}{y}") for y in ("2014", "2015") for d in json_dirs]
-    answers_tried = [d / annotations_file(f"{split}{y}") for y in ("2014", "2015") for d in json_dirs]
-    instances_tried = [annotations / instances_file(f"{split}{year}") for year in ("2014", "2017")]
+    captions_tried = [annotations / CAPTIONS_FILE.format(subtype=f"{split}{y}") for y in ("2014", "2017")]
+    questions_tried = [d / QUESTIONS_FILE.format(subtype=f"{split}{y}") for y in ("2014", "2015") for d in json_dirs]
+    answers_tried = [d / ANNOTATIONS_FILE.format(subtype=f"{split}{y}") for y in ("2014", "2015") for d in json_dirs]
+    instances_tried = [annotations / INSTANCES_FILE.format(subtype=f"{split}{y}") for y in ("2014", "2017")]
 
     captions_json = _first_file(captions_tried)
     questions_json = _first_file(questions_tried)

@@ -1,6 +1,6 @@
 """What the readers produce (`ImageRecord`, `QAItem`), and the one json loader they all check files with.
 
-File formats are described once, as strict pydantic `TypedDict` schemas next to each reader (`coco.py`,
+File formats are described once, as pydantic `TypedDict` schemas next to each reader (`coco.py`,
 `vqa.py`); `load_json` parses and validates a file against one in a single pass and turns the first problem
 into a `DataFormatError` naming the file, the entry and the field, e.g.
 ``/x/captions_train2014.json: annotations[12].caption must be a string, got int (7)``.
@@ -13,16 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from vision_attn.data.errors import DataFormatError
 
-__all__ = ["STRICT", "ImageRecord", "QAItem", "load_json"]
+__all__ = ["ImageRecord", "QAItem", "load_json"]
 
 T = TypeVar("T")
-
-# Exact json types: a bool is not an id and 3.0 is not an integer. Keys a schema does not name are ignored.
-STRICT = ConfigDict(strict=True)
 
 
 @dataclass
@@ -48,7 +45,8 @@ class ImageRecord:
 
 
 def load_json(path: Path, schema: TypeAdapter[T]) -> T:
-    """Parse the json file at `path` and check it against `schema`.
+    """Parse the json file at `path` and check it against `schema`, strictly: json types exactly (a bool is not an
+    id, 3.0 is not an integer); keys the schema does not name are ignored.
 
     Raises:
         DataFormatError: The file is missing, not JSON, or breaks the schema; the message names the file and
@@ -61,7 +59,7 @@ def load_json(path: Path, schema: TypeAdapter[T]) -> T:
     except IsADirectoryError:
         raise DataFormatError(f"{path}: is a directory, expected a json file") from None
     try:
-        return schema.validate_json(raw)
+        return schema.validate_json(raw, strict=True)
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         if first["type"] != "json_invalid":
@@ -74,7 +72,7 @@ def load_json(path: Path, schema: TypeAdapter[T]) -> T:
     except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}: not valid JSON (not UTF-8 text: {e.reason} at byte {e.start})") from None
     try:
-        return schema.validate_python(data)
+        return schema.validate_python(data, strict=True)
     except ValidationError as e:
         raise DataFormatError(f"{path}: {_describe(e.errors(include_url=False)[0])}") from None
 

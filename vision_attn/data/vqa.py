@@ -10,45 +10,36 @@ from typing import NotRequired
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict  # pydantic reads TypedDicts from typing only on Python >= 3.12
 
-from vision_attn.data.coco import coco2014_image_name, coco2017_image_name
+from vision_attn.data.coco import IMAGE_2014, IMAGE_2017
 from vision_attn.data.errors import DataFormatError
-from vision_attn.data.records import STRICT, ImageRecord, QAItem, load_json
+from vision_attn.data.records import ImageRecord, QAItem, load_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["annotations_file", "questions_file", "read_vqa"]
+__all__ = ["ANNOTATIONS_FILE", "QUESTIONS_FILE", "read_vqa"]
 
 
-def questions_file(subtype: str) -> str:
-    """``v2_OpenEnded_mscoco_val2014_questions.json`` for subtype ``val2014``."""
-    return f"v2_OpenEnded_mscoco_{subtype}_questions.json"
-
-
-def annotations_file(subtype: str) -> str:
-    """``v2_mscoco_val2014_annotations.json`` for subtype ``val2014``."""
-    return f"v2_mscoco_{subtype}_annotations.json"
+# How VQAv2 names its files; a subtype is a split and a year, such as "val2014".
+QUESTIONS_FILE = "v2_OpenEnded_mscoco_{subtype}_questions.json"
+ANNOTATIONS_FILE = "v2_mscoco_{subtype}_annotations.json"
 
 
 class _Question(TypedDict):
-    __pydantic_config__ = STRICT
     image_id: int
     question_id: int
     question: str
 
 
 class _QuestionsFile(TypedDict):
-    __pydantic_config__ = STRICT
     questions: list[_Question]
     data_subtype: NotRequired[str]  # e.g. "val2014": the COCO 2014 image names need it
 
 
 class _Answer(TypedDict):
-    __pydantic_config__ = STRICT
     answer: str
 
 
 class _Annotation(TypedDict):
-    __pydantic_config__ = STRICT
     question_id: int
     image_id: int
     answers: list[_Answer]
@@ -58,7 +49,6 @@ class _Annotation(TypedDict):
 
 
 class _AnnotationsFile(TypedDict):
-    __pydantic_config__ = STRICT
     annotations: list[_Annotation]
     data_subtype: NotRequired[str]
 
@@ -182,30 +172,28 @@ def _file_namer(
     if not unmapped:
         return file_names.__getitem__
 
-    def coco2014(image_id: int) -> str:
-        return coco2014_image_name(subtype, image_id)
-
-    convention: Callable[[int], str] | None = None
+    template: str | None = None
     for image_id in unmapped[:5]:  # the first probe that finds a file decides
-        if subtype is not None and (image_dir / coco2014(image_id)).is_file():
-            convention = coco2014
+        if subtype is not None and (image_dir / IMAGE_2014.format(subtype=subtype, image_id=image_id)).is_file():
+            template = IMAGE_2014
             break
-        if (image_dir / coco2017_image_name(image_id)).is_file():
-            convention = coco2017_image_name
+        if (image_dir / IMAGE_2017.format(image_id=image_id)).is_file():
+            template = IMAGE_2017
             break
-    if convention is None:
+    if template is None:
         if subtype is None:
             raise DataFormatError(
                 f"{questions_json}: missing top-level key 'data_subtype', needed to build COCO 2014 file names "
-                f"such as {coco2014_image_name('train2014', unmapped[0])} (no COCO 2017 names found in "
-                f"{image_dir}); pass file_names instead"
+                f"such as {IMAGE_2014.format(subtype='train2014', image_id=unmapped[0])} (no COCO 2017 names found "
+                f"in {image_dir}); pass file_names instead"
             )
-        convention = coco2014
-    if convention is coco2017_image_name:
-        logger.info("%s: using COCO 2017 file names (%s) in %s", questions_json, convention(unmapped[0]), image_dir)
+        template = IMAGE_2014
+    if template == IMAGE_2017:
+        example = template.format(image_id=unmapped[0])
+        logger.info("%s: using COCO 2017 file names (%s) in %s", questions_json, example, image_dir)
 
     def name_of(image_id: int) -> str:
         name = file_names.get(image_id)
-        return name if name is not None else convention(image_id)
+        return name if name is not None else template.format(subtype=subtype, image_id=image_id)
 
     return name_of

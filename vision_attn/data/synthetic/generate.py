@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vision_attn.data.coco import coco2014_image_name
+from vision_attn.data.coco import IMAGE_2014
 from vision_attn.data.synthetic.language import make_captions, make_questions
 from vision_attn.data.synthetic.scene import render_scene
 from vision_attn.data.synthetic.writer import Example, write_split
@@ -33,7 +33,7 @@ def make_example(task: tuple[str, str, int, int, int]) -> Example:
     captions = make_captions(objs, rng)
     questions = make_questions(objs, rng, image_size)
     image_id = _image_id(split, index)
-    file_name = coco2014_image_name(f"{split}2014", image_id)
+    file_name = IMAGE_2014.format(subtype=f"{split}2014", image_id=image_id)
     image.save(Path(out) / f"{split}2014" / file_name, "JPEG", quality=95)
     return Example(image_id, file_name, objs, captions, questions)
 

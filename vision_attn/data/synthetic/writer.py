@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vision_attn.data.coco import captions_file, instances_file
+from vision_attn.data.coco import CAPTIONS_FILE, INSTANCES_FILE
 from vision_attn.data.synthetic.language import Question
 from vision_attn.data.synthetic.scene import SHAPES, Obj, outline
-from vision_attn.data.vqa import annotations_file, questions_file
+from vision_attn.data.vqa import ANNOTATIONS_FILE, QUESTIONS_FILE
 
 _DATE = "2014-01-01 00:00:00"  # fixed, so files are byte-identical across runs
 _INFO = {
@@ -67,7 +67,7 @@ def write_split(out: Path, split: str, examples: list[Example], image_size: int)
         for ex in examples
         for k, c in enumerate(ex.captions)
     ]
-    _dump({**header, "annotations": captions}, out / "annotations" / captions_file(subtype))
+    _dump({**header, "annotations": captions}, out / "annotations" / CAPTIONS_FILE.format(subtype=subtype))
 
     categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
     instances = [
@@ -88,7 +88,7 @@ def write_split(out: Path, split: str, examples: list[Example], image_size: int)
     ]
     _dump(
         {**header, "annotations": instances, "categories": categories},
-        out / "annotations" / instances_file(subtype),
+        out / "annotations" / INSTANCES_FILE.format(subtype=subtype),
     )
 
     vqa_license = {"url": "http://creativecommons.org/licenses/by/4.0/", "name": "Creative Commons Attribution 4.0"}
@@ -106,7 +106,7 @@ def write_split(out: Path, split: str, examples: list[Example], image_size: int)
             "data_subtype": subtype,
             "questions": questions,
         },
-        out / questions_file(subtype),
+        out / QUESTIONS_FILE.format(subtype=subtype),
     )
     answers = [
         {
@@ -122,5 +122,5 @@ def write_split(out: Path, split: str, examples: list[Example], image_size: int)
     ]
     _dump(
         {"info": _INFO, "license": vqa_license, "data_subtype": subtype, "data_type": "mscoco", "annotations": answers},
-        out / annotations_file(subtype),
+        out / ANNOTATIONS_FILE.format(subtype=subtype),
     )
