@@ -221,6 +221,28 @@ def test_checkpoint_carries_the_tokenizer(synthetic_root: Path, tmp_path: Path) 
         trainer(tmp_path, max_steps=1).fit(module(load_tokenizer(other)), dm)
 
 
+def test_every_stage_builds_the_model_before_the_checkpoint_loads(synthetic_root: Path, tmp_path: Path) -> None:
+    """validate/test/predict and `ckpt_path="last"` (as `--ckpt_path last`) on fresh modules without a tokenizer."""
+    dm = datamodule(synthetic_root)
+
+    def run(**kw: Any) -> L.Trainer:
+        save = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        return trainer(tmp_path, callbacks=[save], enable_checkpointing=True, limit_val_batches=1, **kw)
+
+    run(max_steps=2, limit_train_batches=2).fit(module(), dm)
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+    resumed = run(max_steps=3, limit_train_batches=2)
+    resumed.fit(module(), datamodule(synthetic_root), ckpt_path="last", weights_only=False)
+    assert resumed.global_step == 3
+    for stage in ("validate", "test"):
+        fresh = datamodule(synthetic_root)  # as a new `train.py validate/test --ckpt_path` process has
+        (metrics,) = getattr(run(limit_test_batches=1), stage)(module(), fresh, ckpt_path=last, weights_only=False)
+        assert f"{'val' if stage == 'validate' else 'test'}/loss" in metrics
+        assert fresh.train_records == [] and len(fresh.val_records) == 16  # setup read what the stage needs
+    predictions = run(limit_predict_batches=1).predict(module(), datamodule(synthetic_root), ckpt_path=last)
+    assert len(predictions) == 1 and len(predictions[0]) == 8 and isinstance(predictions[0][0]["caption"], str)
+
+
 # ---------------------------------------------------------------------------------------------- optimisation
 
 
