@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from vision_attn.data.readers import find_split_files, read_split
+from vision_attn.data.layout import find_split_files, read_split
 from vision_attn.inference import Pipeline
 from vision_attn.pointing import pointing_game, read_scenes, summarise
 

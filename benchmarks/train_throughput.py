@@ -175,26 +175,34 @@ def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
             "vision_attn.cli make-synthetic --out data/synthetic`, point --data-root at a COCO-layout folder, "
             "or leave `trainer` out of --variants."
         )
-    dm = VisionAttnDataModule(
-        root=args.data_root,
-        tasks="caption",
-        image_size=size.image_size,
-        batch_size=args.batch,
-        questions_per_image=0,
-        max_text_len=args.text_len,
-        num_workers=args.workers,
-        val_max_images=1,
-    )
-    # The same LM head as the tensor runs: pad the trained tokenizer with tokens the data never produces.
-    extra = size.vocab_size - len(dm.tokenizer)
-    dm.tokenizer.add_tokens([f"<unused{i}>" for i in range(max(0, extra))])
-    cfg = ours_config(size)
-    module = VisionAttnModule(
-        encoder=cfg.encoder, decoder=cfg.decoder, lr=1e-4, warmup_steps=10, compile=args.compile, tokenizer=dm.tokenizer
-    )
     clock = StepClock(device)
     gpu = device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
+        dm = VisionAttnDataModule(
+            root=args.data_root,
+            tasks="caption",
+            image_size=size.image_size,
+            batch_size=args.batch,
+            questions_per_image=0,
+            max_text_len=args.text_len,
+            num_workers=args.workers,
+            tokenizer_out=f"{tmp}/tokenizer.json",
+            val_max_images=1,
+        )
+        dm.prepare_data()  # the trainer's own calls below keep the tokenizer this setup loads
+        dm.setup("fit")
+        # The same LM head as the tensor runs: pad the trained tokenizer with tokens the data never produces.
+        extra = size.vocab_size - len(dm.tokenizer)
+        dm.tokenizer.add_tokens([f"<unused{i}>" for i in range(max(0, extra))])
+        cfg = ours_config(size)
+        module = VisionAttnModule(
+            encoder=cfg.encoder,
+            decoder=cfg.decoder,
+            lr=1e-4,
+            warmup_steps=10,
+            compile=args.compile,
+            tokenizer=dm.tokenizer,
+        )
         trainer = L.Trainer(
             accelerator="gpu" if gpu else "cpu",
             devices=[device.index or 0] if gpu else 1,

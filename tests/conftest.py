@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
-from vision_attn.data.readers import ImageRecord
+from vision_attn.data.records import ImageRecord
 from vision_attn.data.tokenizer import TextCodec
 from vision_attn.models import VisionAttnModel
 
@@ -138,14 +138,14 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> TrainedTiny:
         make_synthetic(root, n_train=4000, n_val=100, seed=1, image_size=64, workers=2)
         L.seed_everything(0)
         dm = VisionAttnDataModule(root=str(root), image_size=64, max_text_len=64, batch_size=32, num_workers=0)
-        module = VisionAttnModule(
+        module = VisionAttnModule(  # the model is built in fit, once the DataModule has its tokenizer
             encoder=EncoderConfig(image_size=64, patch_size=8, dim=64, depth=2, num_heads=2, stem="conv"),
             decoder=DecoderConfig(dim=64, depth=2, num_heads=2, max_len=64),
             lr=2e-3,
             warmup_steps=30,
-            tokenizer=dm.tokenizer,
         )
         trainer = L.Trainer(
+            default_root_dir=str(root.parent),  # where the DataModule writes its tokenizer
             max_epochs=4,
             limit_val_batches=0,
             logger=False,

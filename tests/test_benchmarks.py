@@ -97,6 +97,7 @@ def test_compile_switch_follows_the_training_device(device: str, compile: bool |
         compile=compile,
         tokenizer=train_tokenizer(["a red circle on the left", "a blue square at the top"], 80),
     )
-    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))  # as Trainer.fit
+    # as Trainer.fit: the strategy knows the device; the tokenizer was given, so no DataModule is asked for one
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), datamodule=None)
     module.configure_model()
     assert module._compiled is expected

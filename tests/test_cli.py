@@ -17,7 +17,7 @@ from vision_attn.cli import main
 from vision_attn.config import DecoderConfig, EncoderConfig
 from vision_attn.data.datamodule import VisionAttnDataModule
 from vision_attn.data.images import load_image
-from vision_attn.data.readers import read_split
+from vision_attn.data.layout import read_split
 from vision_attn.tasks import GenerationConfig, RankedAnswer, Ranking, score_continuations, vqa_prompt
 from vision_attn.training import VisionAttnModule
 
@@ -44,10 +44,9 @@ def checkpoint(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("run")
     L.seed_everything(0)
     dm = VisionAttnDataModule(root=str(synthetic_root), image_size=32, max_text_len=64, batch_size=8, num_workers=0)
-    module = VisionAttnModule(
+    module = VisionAttnModule(  # the model is built in fit, once the DataModule has its tokenizer
         encoder=EncoderConfig(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2),
         decoder=DecoderConfig(dim=32, depth=1, num_heads=2, max_len=64),
-        tokenizer=dm.tokenizer,
     )
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
     trainer = L.Trainer(
@@ -58,6 +57,7 @@ def checkpoint(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -
         enable_model_summary=False,
         callbacks=[ckpt_cb],
         accelerator="cpu",
+        default_root_dir=str(out),  # where the DataModule writes its tokenizer
     )
     trainer.fit(module, dm)
     return out / "last.ckpt"

@@ -16,6 +16,7 @@ from vision_attn.data.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from vision_attn.tasks import caption_prompt, vqa_prompt
 
 TEXTS = [
     "A red circle at the top left.",
@@ -91,7 +92,7 @@ def _check_layout(codec: TextCodec, prompt: list[int], ids: list[int], labels: l
 
 def test_caption_example_layout(codec: TextCodec) -> None:
     target = "a red circle at the top left."
-    prompt = codec.caption_prompt()
+    prompt = caption_prompt(codec)
     assert prompt == [codec.bos, codec.caption]
     ids, labels = codec.example(prompt, target, max_len=48)
     _check_layout(codec, prompt, ids, labels, target)
@@ -101,7 +102,7 @@ def test_caption_example_layout(codec: TextCodec) -> None:
 
 
 def test_vqa_example_layout(codec: TextCodec) -> None:
-    prompt = codec.vqa_prompt("What color is the square?")
+    prompt = vqa_prompt(codec, "What color is the square?")
     assert prompt[:2] == [codec.bos, codec.vqa] and prompt[-1] == codec.answer
     assert codec.decode(prompt) == "what color is the square?"
     ids, labels = codec.example(prompt, "blue", max_len=48)
@@ -125,7 +126,7 @@ def test_vqa_example_layout(codec: TextCodec) -> None:
 def test_over_long_texts_are_cut_to_max_len(codec: TextCodec, max_len: int) -> None:
     long_question = "what color is the small square right of the large purple diamond at the bottom? " * 3
     long_caption = "two small green triangles and a large purple diamond " * 6
-    cases = [(codec.vqa_prompt(long_question), "blue"), (codec.caption_prompt(), long_caption)]
+    cases = [(vqa_prompt(codec, long_question), "blue"), (caption_prompt(codec), long_caption)]
     for prompt, target in cases:
         assert len(prompt) + len(codec.encode(target)) + 1 > max_len
         ids, labels = codec.example(prompt, target, max_len=max_len)
@@ -136,7 +137,7 @@ def test_over_long_texts_are_cut_to_max_len(codec: TextCodec, max_len: int) -> N
 
 def test_long_question_keeps_its_end(codec: TextCodec) -> None:
     """The prompt keeps its last tokens (the end of the question and <answer>), the target its head."""
-    prompt = codec.vqa_prompt("what color is the small square right of the large purple diamond at the bottom?")
+    prompt = vqa_prompt(codec, "what color is the small square right of the large purple diamond at the bottom?")
     ids, labels = codec.example(prompt, "blue", max_len=16)
     assert len(ids) <= 16
     assert ids[:2] == prompt[:2] and ids[7] == codec.answer and ids[2:8] == prompt[-6:]
@@ -152,7 +153,7 @@ def test_save_and_load_round_trip(tok: PreTrainedTokenizerFast, codec: TextCodec
         for text in TEXTS[:7]:
             assert again.encode(text) == codec.encode(text)
             assert again.decode(again.encode(text)) == text.lower()
-        assert again.vqa_prompt("how many?") == codec.vqa_prompt("how many?")
+        assert again.vqa_prompt("how many?") == vqa_prompt(codec, "how many?")
 
 
 def test_load_missing_file_raises(tmp_path: Path) -> None:

@@ -18,10 +18,13 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
 
 from vision_attn.config import DecoderConfig, EncoderConfig
 from vision_attn.data.datamodule import VisionAttnDataModule
 from vision_attn.data.errors import DataFormatError
+from vision_attn.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer, wrap
 from vision_attn.lightning_cli import main
 from vision_attn.training import VisionAttnModule
 
@@ -50,17 +53,19 @@ def flags(prefix: str, values: dict[str, Any]) -> list[str]:
 
 
 def datamodule(root: Path) -> VisionAttnDataModule:
+    """Its tokenizer goes to the trainer's default_root_dir (see `trainer`)."""
     return VisionAttnDataModule(root=str(root), image_size=32, max_text_len=48, batch_size=8, num_workers=0)
 
 
-def module(dm: VisionAttnDataModule) -> VisionAttnModule:
+def module(tokenizer: PreTrainedTokenizerFast | None = None) -> VisionAttnModule:
+    """Without a tokenizer the model is built in configure_model, from the trainer's DataModule."""
     return VisionAttnModule(
         encoder=EncoderConfig(**TINY_MODEL["encoder"]),
         decoder=DecoderConfig(**TINY_MODEL["decoder"]),
         warmup_steps=2,
         val_caption_tokens=8,
         val_answer_tokens=4,
-        tokenizer=dm.tokenizer,
+        tokenizer=tokenizer,
     )
 
 
@@ -156,7 +161,7 @@ def test_resume_continues_steps_optimizer_and_schedule(synthetic_root: Path, tmp
     save = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
     # epochs of 2 steps, so that step 4 ends an epoch (mid-epoch resumes are approximate in Lightning)
     first = trainer(tmp_path, max_steps=4, limit_train_batches=2, callbacks=[save], enable_checkpointing=True)
-    first.fit(module(dm), dm)
+    first.fit(module(), dm)
     assert first.global_step == 4
     last = tmp_path / "ckpt" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=False)
@@ -165,7 +170,7 @@ def test_resume_continues_steps_optimizer_and_schedule(synthetic_root: Path, tmp
 
     probe = ResumeProbe()
     second = trainer(tmp_path, max_steps=6, limit_train_batches=2, callbacks=[probe])
-    resumed = module(dm)  # fresh weights: everything must come from the checkpoint
+    resumed = module()  # fresh weights: everything must come from the checkpoint
     # weights_only=False: see test_resume_with_default_weights_only (the hyperparameters hold config dataclasses)
     second.fit(resumed, dm, ckpt_path=str(last), weights_only=False)
 
@@ -191,25 +196,70 @@ def test_resume_continues_steps_optimizer_and_schedule(synthetic_root: Path, tmp
 def test_resume_with_default_weights_only(synthetic_root: Path, tmp_path: Path) -> None:
     dm = datamodule(synthetic_root)
     save = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
-    trainer(tmp_path, max_steps=1, callbacks=[save], enable_checkpointing=True).fit(module(dm), dm)
+    trainer(tmp_path, max_steps=1, callbacks=[save], enable_checkpointing=True).fit(module(), dm)
     again = trainer(tmp_path, max_steps=2)
-    again.fit(module(dm), dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # as `train.py fit --ckpt_path` does
+    again.fit(module(), dm, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))  # as `train.py fit --ckpt_path` does
     assert again.global_step == 2
+
+
+def test_checkpoint_carries_the_tokenizer(synthetic_root: Path, tmp_path: Path) -> None:
+    dm = datamodule(synthetic_root)
+    save = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
+    trainer(tmp_path, max_steps=1, callbacks=[save], enable_checkpointing=True).fit(module(), dm)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)["vision_attn"]
+    assert wrap(Tokenizer.from_str(saved["tokenizer_json"])).get_vocab() == dm.tokenizer.get_vocab()
+    assert saved["model_config"]["decoder"]["vocab_size"] == len(dm.tokenizer)
+    # resuming with data whose tokenizer differs is refused, naming the fix
+    other = tmp_path / "other_tokenizer.json"
+    save_tokenizer(train_tokenizer(["one two three", "four five six"] * 2, vocab_size=300), other)
+    changed = VisionAttnDataModule(root=str(synthetic_root), image_size=32, max_text_len=48, tokenizer_file=str(other))
+    with pytest.raises(ValueError, match="another tokenizer than the data's.*data.tokenizer_file"):
+        trainer(tmp_path, max_steps=2).fit(module(), changed, ckpt_path=str(last), weights_only=False)
+    # and so is a module given a tokenizer other than its DataModule's
+    with pytest.raises(ValueError, match="differs from the DataModule's"):
+        trainer(tmp_path, max_steps=1).fit(module(load_tokenizer(other)), dm)
+
+
+def test_every_stage_builds_the_model_before_the_checkpoint_loads(synthetic_root: Path, tmp_path: Path) -> None:
+    """validate/test/predict and `ckpt_path="last"` (as `--ckpt_path last`) on fresh modules without a tokenizer."""
+    dm = datamodule(synthetic_root)
+
+    def run(**kw: Any) -> L.Trainer:
+        save = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        return trainer(tmp_path, callbacks=[save], enable_checkpointing=True, limit_val_batches=1, **kw)
+
+    run(max_steps=2, limit_train_batches=2).fit(module(), dm)
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+    resumed = run(max_steps=3, limit_train_batches=2)
+    resumed.fit(module(), datamodule(synthetic_root), ckpt_path="last", weights_only=False)
+    assert resumed.global_step == 3
+    for stage in ("validate", "test"):
+        fresh = datamodule(synthetic_root)  # as a new `train.py validate/test --ckpt_path` process has
+        (metrics,) = getattr(run(limit_test_batches=1), stage)(module(), fresh, ckpt_path=last, weights_only=False)
+        assert f"{'val' if stage == 'validate' else 'test'}/loss" in metrics
+        assert fresh.train_records == [] and len(fresh.val_records) == 16  # setup read what the stage needs
+    predictions = run(limit_predict_batches=1).predict(module(), datamodule(synthetic_root), ckpt_path=last)
+    assert len(predictions) == 1 and len(predictions[0]) == 8 and isinstance(predictions[0][0]["caption"], str)
 
 
 # ---------------------------------------------------------------------------------------------- optimisation
 
 
 def _configured(dm: VisionAttnDataModule, total_steps: int, **hparams: Any) -> tuple[VisionAttnModule, dict]:
-    mod = module(dm)
+    mod = module(dm.tokenizer)
     mod.hparams.update(hparams)
     mod.trainer = SimpleNamespace(estimated_stepping_batches=total_steps)  # all configure_optimizers reads of it
     return mod, mod.configure_optimizers()
 
 
 @pytest.fixture(scope="module")
-def tiny_dm(synthetic_root: Path) -> VisionAttnDataModule:
-    return datamodule(synthetic_root)
+def tiny_dm(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> VisionAttnDataModule:
+    tokenizer = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    dm = VisionAttnDataModule(root=str(synthetic_root), image_size=32, max_text_len=48, tokenizer_out=str(tokenizer))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor(tiny_dm: VisionAttnDataModule) -> None:
@@ -258,25 +308,28 @@ def test_corrupt_image_is_skipped_and_named(
     caplog.set_level(logging.WARNING)
     # one epoch of 6 batches of 8 (drop_last) visits all 48 training images, the bad one included
     t = trainer(tmp_path, max_epochs=1)
-    t.fit(module(dm), dm)
+    t.fit(module(), dm)
     assert t.global_step == 6  # no batch was lost: the bad image only shrank its batch
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(bad.name in m for m in warnings), warnings
     assert any("skipped 1 unreadable images during training" in m for m in warnings), warnings
 
 
-def test_malformed_json_fails_at_construction(synthetic_root: Path, tmp_path: Path) -> None:
+def test_malformed_json_fails_before_the_model_is_built(synthetic_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "data"
     shutil.copytree(synthetic_root, root)
     captions = root / "annotations" / "captions_train2014.json"
     data = json.loads(captions.read_text())
     data["annotations"][3]["caption"] = 7
     captions.write_text(json.dumps(data))
+    dm = datamodule(root)  # reads no file
+    mod = module()
     with pytest.raises(DataFormatError) as err:
-        datamodule(root)
+        trainer(tmp_path).fit(mod, dm)
     message = str(err.value)
     assert str(captions) in message
     assert "annotations[3].caption must be a string, got int" in message
+    assert mod.model is None and not (tmp_path / "tokenizer.json").exists()  # prepare_data stopped at the json
 
 
 # ---------------------------------------------------------------------------------------------- DDP
@@ -321,3 +374,7 @@ def test_ddp_two_cpu_processes(synthetic_root: Path, tmp_path: Path, class_token
     assert max(int(r["step"]) for r in rows if r.get("step")) <= 3
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3
+    # prepare_data wrote the tokenizer once, beside the run; both ranks' models were sized from that file
+    written = load_tokenizer(tmp_path / "run" / "tokenizer.json")
+    assert ckpt["vision_attn"]["model_config"]["decoder"]["vocab_size"] == len(written)
+    assert wrap(Tokenizer.from_str(ckpt["vision_attn"]["tokenizer_json"])).get_vocab() == written.get_vocab()

@@ -40,7 +40,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from vision_attn.data.readers import read_split
+    from vision_attn.data.layout import read_split
     from vision_attn.evaluation import evaluate_records, load_results, score, with_baseline, write_results
     from vision_attn.metrics import java_available
 

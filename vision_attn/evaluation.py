@@ -16,9 +16,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vision_attn.data.datamodule import ImageTextDataset, collate
+from vision_attn.data.collate import collate_images
+from vision_attn.data.datasets import ImageDataset
 from vision_attn.data.errors import DataFormatError
-from vision_attn.data.readers import ImageRecord, QAItem
+from vision_attn.data.records import ImageRecord, QAItem
 from vision_attn.inference import Pipeline
 from vision_attn.metrics import caption_scores, majority_baseline, vqa_scores
 from vision_attn.tasks import GenerationConfig, Tasks
@@ -110,9 +111,8 @@ def evaluate_records(
 
     config: how to decode captions and answers (default greedy; their lengths default to each task's).
     """
-    size = pipe.model.config.encoder.image_size
-    ds = ImageTextDataset(records, pipe.codec, size, pipe.model.config.decoder.max_len, None, "both", tokenize=False)
-    loader = DataLoader(ds, batch_size=pipe.batch_size, num_workers=num_workers, collate_fn=collate)
+    ds = ImageDataset(records, pipe.model.config.encoder.image_size)
+    loader = DataLoader(ds, batch_size=pipe.batch_size, num_workers=num_workers, collate_fn=collate_images)
     preds = Predictions()
     skipped = 0
     for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):

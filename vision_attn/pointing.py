@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from vision_attn.attention_maps import AttentionResult, reduce_maps
-from vision_attn.data.readers import ImageRecord
+from vision_attn.data.records import ImageRecord
 from vision_attn.inference import Pipeline
 
 Box = tuple[float, float, float, float]  # x, y, width, height in pixels (COCO bbox)

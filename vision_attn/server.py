@@ -44,7 +44,7 @@ from vision_attn.data.images import load_image
 from vision_attn.data.tokenizer import load_tokenizer
 from vision_attn.inference import Pipeline
 from vision_attn.litserve_ext import BodyGuard, IdleWaitBatchedLoop, json_error
-from vision_attn.tasks import GenerationConfig, Ranking
+from vision_attn.tasks import GenerationConfig, Ranking, vqa_prompt
 from vision_attn.web import add_web_page
 
 VQA_PATH, CAPTION_PATH = "/v1/vqa", "/v1/caption"
@@ -211,7 +211,7 @@ class VqaAPI(_VisionAttnAPI):
             raise _BadField(
                 f"field 'question' has {len(q)} characters, over the limit of {self.limits.max_question_chars}"
             )
-        n_tokens = len(self.pipe.codec.vqa_prompt(q))
+        n_tokens = len(vqa_prompt(self.pipe.codec, q))
         if n_tokens + VQA_NEW_TOKENS > self.max_len:  # the model could not even start answering it
             raise _BadField(
                 f"field 'question' is {n_tokens} tokens with the prompt; this model takes at most "

@@ -9,11 +9,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
-from vision_attn.data.datamodule import TASKS
-from vision_attn.data.tokenizer import TextCodec
+from vision_attn.data.datasets import TASKS
+from vision_attn.data.tokenizer import TextCodec, wrap
 from vision_attn.evaluation import Predictions, predict_batch, score
 from vision_attn.models import VisionAttnModel, text_loss
 from vision_attn.tasks import GenerationConfig, Tasks
@@ -40,7 +41,8 @@ class VisionAttnModule(L.LightningModule):
         compile: torch.compile the training forward; None = on when training on a GPU.
         val_caption_tokens: longest caption generated in validation.
         val_answer_tokens: longest answer generated in validation.
-        tokenizer: linked from the DataModule; not set in configs.
+        tokenizer: sets the vocabulary; None (as in configs) takes the DataModule's once it is set up, in
+            `configure_model`.
     """
 
     def __init__(
@@ -60,23 +62,48 @@ class VisionAttnModule(L.LightningModule):
         tokenizer: PreTrainedTokenizerFast | None = None,
     ) -> None:
         super().__init__()
-        if tokenizer is None:
-            raise ValueError("VisionAttnModule needs the tokenizer (the CLI links it from the DataModule)")
         self.save_hyperparameters(ignore=["tokenizer"])
-        self.tokenizer = tokenizer
-        self.codec = TextCodec(tokenizer)
-        decoder = dataclasses.replace(decoder, vocab_size=self.codec.vocab_size)
-        self.model_config = ModelConfig(encoder, decoder, self.codec.pad, self.codec.bos, self.codec.eos)
-        self.model = VisionAttnModel(self.model_config)
-        self.tasks = Tasks(self.model, self.codec)  # validation and predict decode through the task layer
-        # not a submodule, so a compiled wrapper stays out of state_dict
-        self.__dict__["_forward_groups"] = self.model.forward_groups
+        self._sizes = (encoder, decoder)  # the CLI turns hparams into dicts; the model is built from these
+        self.tokenizer: PreTrainedTokenizerFast | None = None
+        self.codec: TextCodec | None = None
+        self.model_config: ModelConfig | None = None
+        self.model: VisionAttnModel | None = None  # its vocabulary comes from the tokenizer: see configure_model
+        self.tasks: Tasks | None = None  # validation and predict decode through the task layer
         self._compiled = False
         self._preds = Predictions()
         self._skipped = 0
+        if tokenizer is not None:
+            self._build(tokenizer)
+
+    def _build(self, tokenizer: PreTrainedTokenizerFast) -> None:
+        """Make the model for `tokenizer`'s vocabulary and special token ids."""
+        self.tokenizer = tokenizer
+        self.codec = TextCodec(tokenizer)
+        encoder, decoder = self._sizes
+        decoder = dataclasses.replace(decoder, vocab_size=self.codec.vocab_size)
+        self.model_config = ModelConfig(encoder, decoder, self.codec.pad, self.codec.bos, self.codec.eos)
+        self.model = VisionAttnModel(self.model_config)
+        self.tasks = Tasks(self.model, self.codec)
+        # not a submodule, so a compiled wrapper stays out of state_dict
+        self.__dict__["_forward_groups"] = self.model.forward_groups
 
     def configure_model(self) -> None:
-        # Lightning calls this before it moves the module to its device: the strategy knows where it will run.
+        # Lightning calls this after the DataModule's setup (which loads the tokenizer) and before it restores a
+        # checkpoint, configures the optimizers or moves the module to its device.
+        data_tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if self.model is None:
+            if data_tokenizer is None:
+                raise ValueError(
+                    "VisionAttnModule has no tokenizer to size its vocabulary: pass tokenizer=..., or fit with a "
+                    "DataModule that has a `tokenizer` after setup (VisionAttnDataModule)"
+                )
+            self._build(data_tokenizer)
+        elif data_tokenizer is not None and data_tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(
+                "the tokenizer given to VisionAttnModule differs from the DataModule's: give the module none (it "
+                "takes the DataModule's), or the same one (data.tokenizer_file)"
+            )
+        # The strategy knows where the module will run; self.device is still the CPU here.
         device = self.trainer.strategy.root_device
         use = self.hparams.compile if self.hparams.compile is not None else device.type == "cuda"
         if use and not self._compiled:  # forward_groups, not forward, is what training calls
@@ -212,3 +239,13 @@ class VisionAttnModule(L.LightningModule):
             "model_config": self.model_config.to_dict(),
             "tokenizer_json": self.tokenizer.backend_tokenizer.to_str(),
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called after configure_model and before the weights are loaded: resuming must not pair the weights
+        # with another vocabulary (the tokenizer is retrained from the training text unless data.tokenizer_file).
+        saved = checkpoint.get("vision_attn", {}).get("tokenizer_json")
+        if saved is not None and wrap(Tokenizer.from_str(saved)).get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(
+                "the checkpoint was trained with another tokenizer than the data's (did the training text change?): "
+                "set data.tokenizer_file to the tokenizer.json of the run that wrote the checkpoint"
+            )

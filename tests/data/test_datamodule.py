@@ -1,22 +1,33 @@
-"""The DataModule: a COCO/VQAv2-layout root, explicit files, either task alone, batches and skipped images."""
+"""The DataModule: a COCO/VQAv2-layout root, explicit files, either task alone, batches, and the tokenizer's way
+from prepare_data (one process) to setup (every process)."""
 
 from __future__ import annotations
 
 import itertools
-import random
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
-from vision_attn.data.datamodule import DataFiles, VisionAttnDataModule, collate, length_buckets
-from vision_attn.data.tokenizer import IGNORE
+from vision_attn.data import datamodule
+from vision_attn.data.datamodule import VisionAttnDataModule
+from vision_attn.data.layout import DataFiles
+from vision_attn.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
 
-def _dm(**kw) -> VisionAttnDataModule:
+def _dm(tmp_path: Path, **kw) -> VisionAttnDataModule:
+    """A DataModule after prepare_data and setup("fit"), as a Trainer leaves it; its tokenizer file in tmp_path."""
     args = {"image_size": 32, "max_text_len": 64, "batch_size": 4, "num_workers": 0}
-    return VisionAttnDataModule(**(args | kw))
+    args["tokenizer_out"] = str(tmp_path / f"tokenizer{next(_made)}.json")
+    dm = VisionAttnDataModule(**(args | kw))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+_made = itertools.count()
 
 
 def _files(root: Path, split: str, captions: bool = True, vqa: bool = True) -> DataFiles:
@@ -28,9 +39,9 @@ def _files(root: Path, split: str, captions: bool = True, vqa: bool = True) -> D
     )
 
 
-def test_explicit_files_equal_the_root_layout(synthetic_root: Path) -> None:
-    by_root = _dm(root=str(synthetic_root))
-    by_files = _dm(train_files=_files(synthetic_root, "train"), val_files=_files(synthetic_root, "val"))
+def test_explicit_files_equal_the_root_layout(synthetic_root: Path, tmp_path: Path) -> None:
+    by_root = _dm(tmp_path, root=str(synthetic_root))
+    by_files = _dm(tmp_path, train_files=_files(synthetic_root, "train"), val_files=_files(synthetic_root, "val"))
     assert by_root.train_records == by_files.train_records
     assert by_root.val_records == by_files.val_records
     assert by_root.tokenizer.get_vocab() == by_files.tokenizer.get_vocab()  # deterministic training
@@ -42,8 +53,8 @@ def test_needs_root_or_files() -> None:
 
 
 @pytest.mark.parametrize("tasks", ["caption", "vqa", "both"])
-def test_task_selection_shapes_the_batch(synthetic_root: Path, tasks: str) -> None:
-    dm = _dm(root=str(synthetic_root), tasks=tasks, questions_per_image=3)
+def test_task_selection_shapes_the_batch(synthetic_root: Path, tmp_path: Path, tasks: str) -> None:
+    dm = _dm(tmp_path, root=str(synthetic_root), tasks=tasks, questions_per_image=3)
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (4, 3, 32, 32)
     assert batch["images"].dtype == torch.uint8  # normalised by the model, on its device
@@ -58,10 +69,13 @@ def test_task_selection_shapes_the_batch(synthetic_root: Path, tasks: str) -> No
 
 def test_caption_only_and_vqa_only_data(synthetic_root: Path, tmp_path: Path) -> None:
     caps = _dm(
-        train_files=_files(synthetic_root, "train", vqa=False), val_files=_files(synthetic_root, "val", vqa=False)
+        tmp_path,
+        train_files=_files(synthetic_root, "train", vqa=False),
+        val_files=_files(synthetic_root, "val", vqa=False),
     )
     assert all(r.captions and not r.questions for r in caps.train_records)
     vqa = _dm(
+        tmp_path,
         train_files=_files(synthetic_root, "train", captions=False),
         val_files=_files(synthetic_root, "val", captions=False),
     )
@@ -70,61 +84,74 @@ def test_caption_only_and_vqa_only_data(synthetic_root: Path, tmp_path: Path) ->
     root = tmp_path / "vqa_only"
     shutil.copytree(synthetic_root, root)
     shutil.rmtree(root / "annotations")
-    dm = _dm(root=str(root))
+    dm = _dm(tmp_path, root=str(root))
     expected = [root / r.path.relative_to(synthetic_root) for r in caps.train_records]
     assert [r.path for r in dm.train_records] == expected
     batch = next(iter(dm.train_dataloader()))
     assert "vqa" in batch and "caption" not in batch
 
 
-def test_collate_pads_labels_and_counts_skipped(synthetic_root: Path) -> None:
-    dm = _dm(root=str(synthetic_root))
-    ds = dm._dataset(dm.train_records[:3], train=True)
-    items = [ds[0], None, ds[1], ds[2]]
-    batch = collate(items)
-    assert batch["skipped"] == 1 and batch["images"].shape[0] == 3
-    for group in batch["caption"] + batch["vqa"]:
-        ids, labels = group["input_ids"], group["labels"]
-        assert (ids[:, -1] != 0).any()  # each bucket is padded to its own longest text, no further
-        for m in range(ids.shape[0]):
-            targets = labels[m][labels[m] != IGNORE]
-            assert targets.numel() > 0
-            assert targets[-1].item() == dm.codec.eos  # every text ends with a supervised EOS
-    assert collate([None, None]) == {"skipped": 2, "records": []}
-    index = torch.cat([g["image_index"] for g in batch["vqa"]])
-    assert torch.equal(index.unique(), torch.tensor([0, 1, 2]))
+# ---------------------------------------------------------------------------------------------- the tokenizer
 
 
-def _padded_size(lengths: list[int], buckets: list[list[int]]) -> int:
-    return sum(len(b) * max(lengths[m] for m in b) for b in buckets)
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise AssertionError("called where it must not be")
 
 
-@pytest.mark.parametrize(
-    ("lengths", "max_buckets", "expected"),
-    [
-        ([5, 3, 5, 3], 1, [[0, 1, 2, 3]]),
-        ([5, 3, 5, 3], 2, [[1, 3], [0, 2]]),
-        ([10, 2, 2, 2, 2, 9], 2, [[1, 2, 3, 4], [0, 5]]),  # 4*2 + 2*10 = 28 beats any other cut
-        ([10, 2, 2, 2, 2, 9], 3, [[1, 2, 3, 4], [5], [0]]),
-        ([7, 7, 7], 3, [[0, 1, 2]]),  # never more buckets than distinct lengths
-    ],
-)
-def test_length_buckets_hand_cases(lengths: list[int], max_buckets: int, expected: list[list[int]]) -> None:
-    assert length_buckets(lengths, max_buckets) == expected
+def test_init_trains_nothing_and_reads_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("train_tokenizer", "load_tokenizer", "read_split", "read_files"):
+        monkeypatch.setattr(datamodule, name, _refuse)
+    nowhere = tmp_path / "nowhere"  # any read of it would fail too
+    by_root = VisionAttnDataModule(root=str(nowhere), tokenizer_file=str(nowhere / "tokenizer.json"))
+    by_files = VisionAttnDataModule(train_files=_files(nowhere, "train"), val_files=_files(nowhere, "val"))
+    for dm in (by_root, by_files):
+        assert dm.tokenizer is None and dm.codec is None
+        assert dm.train_records == [] and dm.val_records == []
+    assert not nowhere.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match=r"call prepare_data\(\) and setup\(\) first"):
+        by_root.train_dataloader()
 
 
-def test_length_buckets_is_optimal_against_brute_force() -> None:
-    rng = random.Random(0)
-    for _ in range(200):
-        lengths = [rng.randint(1, 12) for _ in range(rng.randint(1, 25))]
-        k = rng.randint(1, 4)
-        got = length_buckets(lengths, k)
-        assert sorted(m for b in got for m in b) == list(range(len(lengths))) and len(got) <= k
-        distinct = sorted(set(lengths))
-        sizes = []  # every split of the sorted distinct lengths into at most k runs
-        for r in range(min(k, len(distinct))):
-            for cuts in itertools.combinations(range(1, len(distinct)), r):
-                edges = [0, *cuts, len(distinct)]
-                runs = [distinct[a:b] for a, b in zip(edges, edges[1:], strict=False)]
-                sizes.append(_padded_size(lengths, [[m for m, n in enumerate(lengths) if n in run] for run in runs]))
-        assert _padded_size(lengths, got) == min(sizes)
+def test_every_rank_loads_the_tokenizer_prepare_data_wrote(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning runs prepare_data in one process per node, then setup in every process (rank)."""
+    out = tmp_path / "run" / "tokenizer.json"
+    rank0, rank1 = (VisionAttnDataModule(root=str(synthetic_root), tokenizer_out=str(out)) for _ in range(2))
+    rank0.prepare_data()
+    assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["tokenizer.json"]  # no partial file left
+    monkeypatch.setattr(datamodule, "train_tokenizer", _refuse)  # setup only loads
+    rank1.setup("fit")
+    rank0.setup("fit")
+    written = load_tokenizer(out)
+    assert len(written) > 100
+    assert rank0.tokenizer.get_vocab() == rank1.tokenizer.get_vocab() == written.get_vocab()
+    assert rank0.tokenizer.backend_tokenizer.to_str() == rank1.tokenizer.backend_tokenizer.to_str()
+    assert rank1.train_records == rank0.train_records and rank1.val_records == rank0.val_records
+    # a second setup (validate after fit) keeps the tokenizer it has
+    tokenizer = rank1.tokenizer
+    rank1.setup("validate")
+    assert rank1.tokenizer is tokenizer
+
+
+def test_tokenizer_goes_to_the_trainers_root_dir(synthetic_root: Path, tmp_path: Path) -> None:
+    dm = VisionAttnDataModule(root=str(synthetic_root))
+    with pytest.raises(ValueError, match="data.tokenizer_out: not set and no Trainer"):
+        dm.prepare_data()
+    dm.trainer = L.Trainer(default_root_dir=str(tmp_path), logger=False, accelerator="cpu", devices=1)
+    with pytest.raises(FileNotFoundError, match=r"tokenizer\.json: no tokenizer there; prepare_data writes it"):
+        dm.setup("fit")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.tokenizer_path == tmp_path / "tokenizer.json"
+    assert dm.tokenizer.get_vocab() == load_tokenizer(tmp_path / "tokenizer.json").get_vocab()
+
+
+def test_tokenizer_file_is_used_as_it_is(synthetic_root: Path, tmp_path: Path) -> None:
+    given = tmp_path / "given.json"
+    save_tokenizer(train_tokenizer(["a small red circle", "a large blue square"] * 3, vocab_size=300), given)
+    dm = VisionAttnDataModule(root=str(synthetic_root), tokenizer_file=str(given), tokenizer_out=str(tmp_path / "x"))
+    dm.prepare_data()
+    assert [p.name for p in tmp_path.iterdir()] == ["given.json"]  # nothing trained or written
+    dm.setup("fit")
+    assert dm.tokenizer.get_vocab() == load_tokenizer(given).get_vocab()

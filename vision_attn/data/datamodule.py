@@ -1,173 +1,41 @@
 """One DataModule for COCO-captions and VQAv2-format data: a folder in the 2014 layout, or explicit files.
 
-Sampling is image-centric: an item is one image with its texts (one caption and up to
-`questions_per_image` questions in training; every caption and question in validation). Each image is
-decoded and encoded once per step however many texts ask about it.
+It follows Lightning's order, so that every process of a multi-GPU run has the same tokenizer and constructing it
+reads nothing: `prepare_data` (once per node) trains the tokenizer on the training text and writes it to a file;
+`setup` (every process) reads the records and loads that file; the LightningModule then sizes its model from
+`datamodule.tokenizer` in `configure_model`. A malformed json stops `prepare_data` or `setup`, before any step.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from dataclasses import dataclass
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
 
-from vision_attn.data.errors import ImageLoadError
-from vision_attn.data.images import load_image
-from vision_attn.data.readers import ImageRecord, merge_records, read_coco_captions, read_split, read_vqa
-from vision_attn.data.tokenizer import IGNORE, TextCodec, load_tokenizer, train_tokenizer
-from vision_attn.data.transforms import image_transform
+from vision_attn.data.collate import collate
+from vision_attn.data.datasets import ImageTextDataset
+from vision_attn.data.layout import DataFiles, read_files, read_split
+from vision_attn.data.records import ImageRecord
+from vision_attn.data.tokenizer import TextCodec, load_tokenizer, save_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-TASKS = {"caption": 0, "vqa": 1}  # task ids carried by each text
-# Each task's texts are split into up to this many length buckets, each padded to its own longest text. On the
-# built-in set (captions of 18 to 51 tokens, questions of 11 to 16) 3 buckets cut the padded text tokens of a step
-# by ~24%, and the decoder's cost is proportional to them.
-LENGTH_BUCKETS = 3
 
-
-@dataclass
-class DataFiles:
-    """Explicit files of one split (instead of `root`).
-
-    Args:
-        image_dir: folder of the images.
-        captions: COCO captions json (`annotations/captions_*.json`), optional.
-        questions: VQAv2 questions json, optional.
-        annotations: VQAv2 annotations json (answers), needed with `questions` for training.
-    """
-
-    image_dir: str
-    captions: str | None = None
-    questions: str | None = None
-    annotations: str | None = None
-
-
-def read_files(files: DataFiles) -> list[ImageRecord]:
-    if not files.captions and not files.questions:
-        raise ValueError("a split needs `captions` or `questions` (or both)")
-    image_dir = Path(files.image_dir)
-    parts = []
-    names = None
-    if files.captions:
-        caps = read_coco_captions(Path(files.captions), image_dir)
-        parts.append(caps)
-        names = {i: r.path.name for i, r in caps.items()}
-    if files.questions:
-        anns = Path(files.annotations) if files.annotations else None
-        parts.append(read_vqa(Path(files.questions), anns, image_dir, file_names=names))
-    return merge_records(*parts)
-
-
-class ImageTextDataset(Dataset):
-    """Items: image tensor [3, S, S] and its texts as (input_ids, labels, task) triples, or None if unreadable."""
-
-    def __init__(
-        self,
-        records: list[ImageRecord],
-        codec: TextCodec,
-        image_size: int,
-        max_text_len: int,
-        questions_per_image: int | None,
-        tasks: str,
-        tokenize: bool = True,
-    ) -> None:
-        self.records = records
-        self.codec = codec
-        self.transform = image_transform(image_size)
-        self.max_text_len = max_text_len
-        self.questions_per_image = questions_per_image  # None: all (evaluation)
-        self.tasks = tasks
-        self.tokenize = tokenize  # False: images and records only (generation needs no teacher-forcing texts)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
-        rec = self.records[i]
-        try:
-            image = self.transform(load_image(rec.path))
-        except ImageLoadError as e:
-            log.warning("skipping unreadable image: %s", e)
-            return None
-        if not self.tokenize:
-            return {"image": image, "texts": [], "record": rec}
-        captions = rec.captions if self.tasks != "vqa" else []
-        questions = [q for q in rec.questions if q.answer is not None] if self.tasks != "caption" else []
-        texts = []
-        if self.questions_per_image is not None:  # training: one random caption, a random subset of questions
-            captions = [random.choice(captions)] if captions else []
-            questions = random.sample(questions, min(len(questions), self.questions_per_image))
-        elif captions:
-            captions = captions[:1]  # evaluation loss on one caption; all captions stay as references
-        for c in captions:
-            texts.append((*self.codec.example(self.codec.caption_prompt(), c, self.max_text_len), 0))
-        for q in questions:
-            texts.append((*self.codec.example(self.codec.vqa_prompt(q.question), q.answer, self.max_text_len), 1))
-        return {"image": image, "texts": texts, "record": rec}
-
-
-def _pad_texts(texts: list[tuple[list[int], list[int], int]]) -> dict[str, torch.Tensor]:
-    """(ids, labels, image) triples -> right-padded input_ids/labels [M, T] and image_index [M]."""
-    T = max(len(ids) for ids, _, _ in texts)
-    input_ids = torch.zeros(len(texts), T, dtype=torch.long)  # pad id 0; padded positions carry IGNORE labels
-    labels = torch.full((len(texts), T), IGNORE, dtype=torch.long)
-    for m, (ids, lab, _) in enumerate(texts):
-        input_ids[m, : len(ids)] = torch.tensor(ids)
-        labels[m, : len(lab)] = torch.tensor(lab)
-    return {"input_ids": input_ids, "labels": labels, "image_index": torch.tensor([b for _, _, b in texts])}
-
-
-def length_buckets(lengths: list[int], max_buckets: int = LENGTH_BUCKETS) -> list[list[int]]:
-    """Group text indices into at most `max_buckets` buckets of similar length with the fewest padded tokens.
-
-    Minimises sum(bucket size * longest text in bucket), exactly, by dynamic programming over the distinct lengths
-    (buckets are runs of the sorted lengths). Returns the buckets shortest first, indices ascending within each.
-    """
-    distinct = sorted(set(lengths))
-    U = len(distinct)
-    below = [sum(n < d for n in lengths) for d in distinct] + [len(lengths)]  # texts shorter than distinct[i]
-    # best[k][i]: fewest padded tokens covering distinct[i:] with at most k buckets; cut[k][i]: the first one's end
-    best = [[float("inf")] * U + [0.0] for _ in range(max_buckets + 1)]
-    cut = [[U] * (U + 1) for _ in range(max_buckets + 1)]
-    for k in range(1, max_buckets + 1):
-        for i in range(U):
-            for j in range(i + 1, U + 1):
-                cost = (below[j] - below[i]) * distinct[j - 1] + best[k - 1][j]
-                if cost < best[k][i]:
-                    best[k][i], cut[k][i] = cost, j
-    buckets, i, k = [], 0, max_buckets
-    while i < U:
-        j = cut[k][i]
-        lo, hi = distinct[i], distinct[j - 1]
-        buckets.append([m for m, n in enumerate(lengths) if lo <= n <= hi])
-        i, k = j, k - 1
-    return buckets
-
-
-def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Stack images [B, 3, S, S]; each task's texts (`caption`, `vqa`) go in a list of right-padded length buckets.
-
-    Unreadable images (None items) are dropped and counted in `skipped`.
-    """
-    kept = [it for it in items if it is not None]
-    batch: dict[str, Any] = {"skipped": len(items) - len(kept), "records": [it["record"] for it in kept]}
-    if not kept:
-        return batch
-    batch["images"] = torch.stack([it["image"] for it in kept])
-    for name, task_id in TASKS.items():
-        texts = [(ids, lab, b) for b, it in enumerate(kept) for ids, lab, t in it["texts"] if t == task_id]
-        if texts:
-            buckets = length_buckets([len(ids) for ids, _, _ in texts])
-            batch[name] = [_pad_texts([texts[m] for m in bucket]) for bucket in buckets]
-    return batch
+def training_text(records: list[ImageRecord]) -> Iterator[str]:
+    """Every caption, question and answer: what the tokenizer is trained on."""
+    for r in records:
+        yield from r.captions
+        for q in r.questions:
+            yield q.question
+            if q.answer:
+                yield q.answer
 
 
 class VisionAttnDataModule(L.LightningDataModule):
@@ -187,6 +55,8 @@ class VisionAttnDataModule(L.LightningDataModule):
         max_text_len: prompt + target tokens; longer texts are cut.
         num_workers: loader worker processes.
         tokenizer_file: a `tokenizer.json` to use; None trains one on the training text (deterministic).
+        tokenizer_out: where `prepare_data` writes the tokenizer it trains, for `setup` to load; None:
+            `tokenizer.json` in the trainer's `default_root_dir`. Unused with `tokenizer_file`.
         vocab_size: target vocabulary of a trained tokenizer.
         val_max_images: validate on at most this many images (None: all).
     """
@@ -205,6 +75,7 @@ class VisionAttnDataModule(L.LightningDataModule):
         max_text_len: int = 64,
         num_workers: int = 2,
         tokenizer_file: str | None = None,
+        tokenizer_out: str | None = None,
         vocab_size: int = 8000,
         val_max_images: int | None = None,
     ) -> None:
@@ -212,23 +83,64 @@ class VisionAttnDataModule(L.LightningDataModule):
         if root is None and (train_files is None or val_files is None):
             raise ValueError("set data.root to a COCO/VQAv2-layout folder, or both data.train_files and data.val_files")
         self.save_hyperparameters()
-        self.train_records = read_files(train_files) if train_files else read_split(Path(root), train_split)
-        self.val_records = read_files(val_files) if val_files else read_split(Path(root), val_split)
-        if val_max_images is not None:
-            self.val_records = self.val_records[:val_max_images]
-        self.tokenizer: PreTrainedTokenizerFast = (
-            load_tokenizer(tokenizer_file) if tokenizer_file else train_tokenizer(self._training_text(), vocab_size)
-        )
-        self.codec = TextCodec(self.tokenizer)
-        log.info("data: %d training images, %d validation images", len(self.train_records), len(self.val_records))
+        # all set by setup
+        self.train_records: list[ImageRecord] = []
+        self.val_records: list[ImageRecord] = []
+        self.tokenizer: PreTrainedTokenizerFast | None = None
+        self.codec: TextCodec | None = None
 
-    def _training_text(self):
-        for r in self.train_records:
-            yield from r.captions
-            for q in r.questions:
-                yield q.question
-                if q.answer:
-                    yield q.answer
+    @property
+    def tokenizer_path(self) -> Path:
+        """The tokenizer file `setup` loads: `tokenizer_file`, else the one `prepare_data` writes."""
+        hp = self.hparams
+        if hp.tokenizer_file or hp.tokenizer_out:
+            return Path(hp.tokenizer_file or hp.tokenizer_out)
+        if self.trainer is None:
+            raise ValueError(
+                "data.tokenizer_out: not set and no Trainer (whose default_root_dir would hold tokenizer.json); "
+                "set tokenizer_out or tokenizer_file"
+            )
+        return Path(self.trainer.default_root_dir) / "tokenizer.json"
+
+    def _read(self, train: bool) -> list[ImageRecord]:
+        """The records of the training or the validation split."""
+        hp = self.hparams
+        files, split = (hp.train_files, hp.train_split) if train else (hp.val_files, hp.val_split)
+        return read_files(files) if files else read_split(Path(hp.root), split)
+
+    def prepare_data(self) -> None:
+        """Train the tokenizer on the training text and write it to `tokenizer_path` (nothing with `tokenizer_file`).
+
+        Lightning runs this in one process per node, before `setup` in every process.
+        """
+        if self.hparams.tokenizer_file:
+            return
+        path = self.tokenizer_path
+        tokenizer = train_tokenizer(training_text(self._read(train=True)), self.hparams.vocab_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        save_tokenizer(tokenizer, partial)
+        partial.replace(path)  # atomic, so a process that shares the folder never loads half a file
+        log.info("wrote the tokenizer (%d tokens) to %s", len(tokenizer), path)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the records of the stage (training and validation for "fit", else validation) and load the tokenizer.
+
+        Raises:
+            DataFormatError: a json file is malformed (the message names the file and the field).
+            FileNotFoundError: there is no tokenizer file (`prepare_data` has not run, and no `tokenizer_file`).
+        """
+        if stage in (None, "fit") and not self.train_records:
+            self.train_records = self._read(train=True)
+        if not self.val_records:
+            self.val_records = self._read(train=False)[: self.hparams.val_max_images]
+        if self.tokenizer is None:
+            path = self.tokenizer_path
+            if not self.hparams.tokenizer_file and not path.exists():
+                raise FileNotFoundError(f"{path}: no tokenizer there; prepare_data writes it (the Trainer runs it)")
+            self.tokenizer = load_tokenizer(path)
+            self.codec = TextCodec(self.tokenizer)
+        log.info("data: %d training images, %d validation images", len(self.train_records), len(self.val_records))
 
     def _dataset(self, records: list[ImageRecord], train: bool) -> ImageTextDataset:
         hp = self.hparams
@@ -237,6 +149,8 @@ class VisionAttnDataModule(L.LightningDataModule):
         )
 
     def _loader(self, records: list[ImageRecord], train: bool) -> DataLoader:
+        if self.codec is None:
+            raise RuntimeError("VisionAttnDataModule: call prepare_data() and setup() first (a Trainer does)")
         hp = self.hparams
         return DataLoader(
             self._dataset(records, train),

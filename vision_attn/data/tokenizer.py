@@ -1,6 +1,7 @@
 """The tokenizer: byte-level BPE trained locally with HF `tokenizers`, used through PreTrainedTokenizerFast.
 
-Text layouts (ids built here, in one place, for training and generation alike):
+Text layouts (prompts built by `vision_attn.tasks.caption_prompt` / `vqa_prompt`, for training and generation
+alike; a training example is a prompt and its target, `TextCodec.example`):
     caption: <bos> <caption> caption-tokens <eos>
     vqa:     <bos> <vqa> question-tokens <answer> answer-tokens <eos>
 The loss covers only the target tokens (caption or answer) and the final <eos>.
@@ -77,8 +78,8 @@ class TextCodec:
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast) -> None:
         self.tok = tokenizer
-        # The Rust tokenizer directly: same ids as `tokenizer.encode(..., add_special_tokens=False)`, 3x faster
-        # (data loading tokenizes ~10 short texts per image, next to the training step on the same cores).
+        # The Rust tokenizer directly: the same ids as `tokenizer.encode(..., add_special_tokens=False)` without
+        # the wrapper's per-call work; data loading tokenizes ~10 short texts per image, next to the training step.
         self._backend = tokenizer.backend_tokenizer
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         self.pad, self.bos, self.eos = ids[PAD], ids[BOS], ids[EOS]
@@ -86,12 +87,6 @@ class TextCodec:
 
     def encode(self, text: str) -> list[int]:
         return self._backend.encode(text.strip(), add_special_tokens=False).ids
-
-    def caption_prompt(self) -> list[int]:
-        return [self.bos, self.caption]
-
-    def vqa_prompt(self, question: str) -> list[int]:
-        return [self.bos, self.vqa, *self.encode(question), self.answer]
 
     def example(self, prompt: list[int], target: str, max_len: int) -> tuple[list[int], list[int]]:
         """Teacher-forcing input ids and labels (labels[t] = ids[t + 1] on target positions, else IGNORE).

@@ -1,8 +1,8 @@
 """Image preprocessing, the same for training and inference.
 
 Images travel as 8-bit tensors and are normalised by the model's encoder (`normalize`), on its device: a
-quarter of the bytes through the loader, pinned memory and the host-to-GPU copy, and a loader worker
-spends 1.0-1.5 instead of 2.1 ms per 224-px image of the built-in set (decode, resize, collate; 2-core CPU).
+quarter of the bytes through the loader, pinned memory and the host-to-GPU copy, and less work for a loader
+worker (benchmarks/README.md, "Data loading").
 """
 
 import torch

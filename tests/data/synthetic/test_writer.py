@@ -1,49 +1,27 @@
-"""Tests for the synthetic COCO/VQAv2-layout dataset."""
+"""The json files of the synthetic set: the COCO 2014 / VQAv2 layout, and answers and captions true to the scene."""
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from synthetic_files import N_TRAIN, N_VAL, SIZE, load, make
 
-from vision_attn.data.synthetic import (
-    COLORS,
-    POSITIONS,
-    QUESTION_KINDS,
-    SHAPES,
-    make_captions,
-    make_questions,
-    make_synthetic,
-    render_scene,
-    sample_scene,
-)
-
-N_TRAIN, N_VAL, SIZE = 12, 6, 64
-
-
-def _make(out: Path, seed: int = 0, workers: int = 1) -> dict[str, int]:
-    return make_synthetic(out, n_train=N_TRAIN, n_val=N_VAL, seed=seed, image_size=SIZE, workers=workers)
+from vision_attn.data.layout import read_split
+from vision_attn.data.synthetic.language import QUESTION_KINDS, Question
+from vision_attn.data.synthetic.scene import COLORS, POSITIONS, SHAPES, Obj
+from vision_attn.data.synthetic.writer import Example, write_split
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
-    _make(out)
+    make(out)
     return out
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _objects(instances: dict) -> dict[int, list[dict]]:
@@ -100,10 +78,10 @@ def _answer(question: str, objs: list[dict], size: int) -> str:
 def test_layout(dataset: Path) -> None:
     for split, n, first_id in (("train", N_TRAIN, 1), ("val", N_VAL, 1_000_000)):
         sub = f"{split}2014"
-        captions = _load(dataset / "annotations" / f"captions_{sub}.json")
-        instances = _load(dataset / "annotations" / f"instances_{sub}.json")
-        questions = _load(dataset / f"v2_OpenEnded_mscoco_{sub}_questions.json")
-        answers = _load(dataset / f"v2_mscoco_{sub}_annotations.json")
+        captions = load(dataset / "annotations" / f"captions_{sub}.json")
+        instances = load(dataset / "annotations" / f"instances_{sub}.json")
+        questions = load(dataset / f"v2_OpenEnded_mscoco_{sub}_questions.json")
+        answers = load(dataset / f"v2_mscoco_{sub}_annotations.json")
 
         assert {"info", "licenses", "images", "annotations"} <= captions.keys()
         assert {"info", "licenses", "images", "annotations", "categories"} <= instances.keys()
@@ -149,41 +127,19 @@ def test_layout(dataset: Path) -> None:
             assert ann["multiple_choice_answer"] == Counter(a["answer"] for a in ann["answers"]).most_common(1)[0][0]
             expected_type = {"exist": "yes/no", "relation_left": "yes/no", "count": "number"}
             assert ann["answer_type"] == expected_type.get(ann["question_type"], "other")
-    train_ids = {a["image_id"] for a in _load(dataset / "v2_mscoco_train2014_annotations.json")["annotations"]}
-    val_ids = {a["image_id"] for a in _load(dataset / "v2_mscoco_val2014_annotations.json")["annotations"]}
+    train_ids = {a["image_id"] for a in load(dataset / "v2_mscoco_train2014_annotations.json")["annotations"]}
+    val_ids = {a["image_id"] for a in load(dataset / "v2_mscoco_val2014_annotations.json")["annotations"]}
     assert not train_ids & val_ids
-
-
-def test_counts(tmp_path: Path) -> None:
-    counts = make_synthetic(tmp_path, n_train=3, n_val=2, image_size=32, workers=1)
-    assert counts == {
-        "train_images": 3,
-        "train_captions": 15,
-        "train_questions": 24,
-        "val_images": 2,
-        "val_captions": 10,
-        "val_questions": 16,
-    }
-
-
-def test_deterministic(tmp_path: Path, dataset: Path) -> None:
-    _make(tmp_path / "b", workers=2)
-    _make(tmp_path / "c", seed=1)
-    a, b, c = _files(dataset), _files(tmp_path / "b"), _files(tmp_path / "c")
-    assert a.keys() == b.keys() == c.keys()
-    assert a == b, "output depends on the worker count"
-    differ = [name for name in a if a[name] != c[name]]
-    assert "annotations/captions_train2014.json" in differ and any(n.endswith(".jpg") for n in differ)
 
 
 def test_answers_match_instances(dataset: Path) -> None:
     kinds = Counter()
     for sub in ("train2014", "val2014"):
-        objs = _objects(_load(dataset / "annotations" / f"instances_{sub}.json"))
+        objs = _objects(load(dataset / "annotations" / f"instances_{sub}.json"))
         questions = {
-            q["question_id"]: q for q in _load(dataset / f"v2_OpenEnded_mscoco_{sub}_questions.json")["questions"]
+            q["question_id"]: q for q in load(dataset / f"v2_OpenEnded_mscoco_{sub}_questions.json")["questions"]
         }
-        for ann in _load(dataset / f"v2_mscoco_{sub}_annotations.json")["annotations"]:
+        for ann in load(dataset / f"v2_mscoco_{sub}_annotations.json")["annotations"]:
             question = questions[ann["question_id"]]["question"]
             expected = _answer(question, objs[ann["image_id"]], SIZE)
             assert ann["multiple_choice_answer"] == expected, question
@@ -193,61 +149,29 @@ def test_answers_match_instances(dataset: Path) -> None:
 
 def test_captions_mention_every_object(dataset: Path) -> None:
     for sub in ("train2014", "val2014"):
-        objs = _objects(_load(dataset / "annotations" / f"instances_{sub}.json"))
-        for ann in _load(dataset / "annotations" / f"captions_{sub}.json")["annotations"]:
+        objs = _objects(load(dataset / "annotations" / f"instances_{sub}.json"))
+        for ann in load(dataset / "annotations" / f"captions_{sub}.json")["annotations"]:
             caption = ann["caption"]
             assert caption == caption.lower() and caption.endswith(".") and "  " not in caption
             for o in objs[ann["image_id"]]:
                 assert f"{o['color']} {o['shape']}" in caption, caption
 
 
-def test_rendered_colours_match_objects() -> None:
-    for i in range(20):
-        image, objs = render_scene(random.Random(i), SIZE)
-        assert image.size == (SIZE, SIZE) and image.mode == "RGB"
-        for o in objs:
-            pixel = image.getpixel((o.cx, o.cy))
-            assert max(abs(p - q) for p, q in zip(pixel, COLORS[o.color], strict=True)) < 40, (o, pixel)
-
-
-def test_scene_statistics() -> None:
-    kinds: Counter[str] = Counter()
-    exist: Counter[str] = Counter()
-    counts: Counter[str] = Counter()
-    for i in range(200):
-        rng = random.Random(i)
-        objs = sample_scene(rng, 128)
-        assert 2 <= len(objs) <= 5
-        assert len({(o.color, o.shape) for o in objs}) == len(objs)
-        for a in objs:
-            for b in objs:
-                if a is not b:  # boxes never overlap
-                    ax, ay, aw, ah = a.bbox
-                    bx, by, bw, bh = b.bbox
-                    assert ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
-        captions = make_captions(objs, rng)
-        assert len(set(captions)) == 5 and all(len(c.split()) <= 45 for c in captions)
-        questions = make_questions(objs, rng, 128)
-        assert len({q.question for q in questions}) == 8
-        for q in questions:
-            kinds[q.kind] += 1
-            if q.kind == "exist":
-                exist[q.answer] += 1
-            if q.kind == "count":
-                counts[q.answer] += 1
-                assert all(
-                    a in (q.answer, ["zero", "one", "two", "three", "four", "five"][int(q.answer)]) for a in q.answers
-                )
-    assert set(kinds) == set(QUESTION_KINDS)
-    assert min(kinds.values()) > 0.5 * max(kinds.values()), kinds
-    assert 0.35 < exist["yes"] / exist.total() < 0.65, exist
-    assert counts["0"] > 0, "count questions never have the answer zero"
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"n_train": -1}, {"n_val": -1}, {"n_train": 1_000_000}, {"image_size": 16}, {"workers": 0}],
-)
-def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
-    with pytest.raises(ValueError, match=next(iter(kwargs))):
-        make_synthetic(tmp_path, **{"n_train": 1, "n_val": 1, **kwargs})
+def test_written_files_read_back(tmp_path: Path) -> None:
+    """What the writer writes is what the readers read: the same captions, questions and answers per image."""
+    square = Obj("square", "red", "large", 20, 20, 12, "top left")
+    question = Question("color", "what color is the square?", ("red",) * 9 + ("orange",))
+    examples = [
+        Example(7, "seven.jpg", [square], ["a large red square.", "a red square."], [question]),
+        Example(9, "nine.jpg", [square], ["one square."], []),
+    ]
+    (tmp_path / "annotations").mkdir()
+    write_split(tmp_path, "val", examples, image_size=64)
+    seven, nine = read_split(tmp_path, "val")
+    assert (seven.image_id, nine.image_id) == (7, 9)
+    assert seven.path == tmp_path / "val2014" / "seven.jpg"
+    assert seven.captions == ["a large red square.", "a red square."] and nine.captions == ["one square."]
+    (item,) = seven.questions
+    assert (item.question, item.answer, item.answers) == (question.question, "red", list(question.answers))
+    assert (item.question_type, item.answer_type) == ("color", "other")
+    assert nine.questions == []
