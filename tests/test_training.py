@@ -306,13 +306,16 @@ def test_corrupt_image_is_skipped_and_named(
     bad.write_bytes(b"\xff\xd8 this is not a jpeg " * 20)
     dm = datamodule(root)
     caplog.set_level(logging.WARNING)
-    # one epoch of 6 batches of 8 (drop_last) visits all 48 training images, the bad one included
-    t = trainer(tmp_path, max_epochs=1)
+    # one epoch of 6 batches of 8 (drop_last) visits all 48 training images, the bad one included; validation (of
+    # the intact val split) runs at the end of the epoch, before the training epoch ends
+    t = trainer(tmp_path, max_epochs=1, limit_val_batches=1)
     t.fit(module(), dm)
     assert t.global_step == 6  # no batch was lost: the bad image only shrank its batch
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(bad.name in m for m in warnings), warnings
-    assert any("skipped 1 unreadable images during training" in m for m in warnings), warnings
+    assert [m for m in warnings if "unreadable images during" in m] == [
+        "skipped 1 unreadable images during training (see the warnings above for which)"
+    ]  # counted under training, not under the validation that ran first
 
 
 def test_malformed_json_fails_before_the_model_is_built(synthetic_root: Path, tmp_path: Path) -> None:
@@ -330,6 +333,22 @@ def test_malformed_json_fails_before_the_model_is_built(synthetic_root: Path, tm
     assert str(captions) in message
     assert "annotations[3].caption must be a string, got int" in message
     assert mod.model is None and not (tmp_path / "tokenizer.json").exists()  # prepare_data stopped at the json
+
+
+def test_train_py_with_a_malformed_json_is_one_error_line(synthetic_root: Path, tmp_path: Path) -> None:
+    """The command line says what is wrong in one line (it was the last line of a 50-line traceback)."""
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    questions = root / "v2_OpenEnded_mscoco_train2014_questions.json"
+    data = json.loads(questions.read_text())
+    del data["questions"][2]["question_id"]
+    questions.write_text(json.dumps(data))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, str(REPO / "train.py"), *cli_args(root, tmp_path / "run", max_steps=1)]
+    out = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ") or "Traceback" in line]
+    assert errors == [f"error: {questions}: questions[2] is missing key 'question_id'"], out.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------- DDP
@@ -378,3 +397,116 @@ def test_ddp_two_cpu_processes(synthetic_root: Path, tmp_path: Path, class_token
     written = load_tokenizer(tmp_path / "run" / "tokenizer.json")
     assert ckpt["vision_attn"]["model_config"]["decoder"]["vocab_size"] == len(written)
     assert wrap(Tokenizer.from_str(ckpt["vision_attn"]["tokenizer_json"])).get_vocab() == written.get_vocab()
+
+
+# ---------------------------------------------------------------------------------------------- run outputs
+
+
+def cli_args(root: Path, run_dir: Path, **trainer_kw: Any) -> list[str]:
+    """`fit` with the demo config, the tiny model and data, and every output under `run_dir`."""
+    settings = {
+        "accelerator": "cpu",
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": 1,
+        "default_root_dir": str(run_dir),
+        **trainer_kw,
+    }
+    return ["fit", "--config", str(DEMO), "--data.root", str(root), *flags("model", TINY_MODEL),
+            *flags("data", TINY_DATA), *flags("trainer", settings)]  # fmt: skip
+
+
+def test_last_checkpoint_holds_the_trained_step_and_every_output_follows_default_root_dir(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Epochs of 3 steps, validated at their end; training stops at step 5, in mid-epoch. last.ckpt must hold step 5
+    (Lightning's ModelCheckpoint(save_last=True) kept step 3: it rewrites last.ckpt only with a top-k save), the
+    best-by-metric file step 3, and nothing may land outside --trainer.default_root_dir."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    run = tmp_path / "elsewhere" / "run2"
+    cli = main(cli_args(synthetic_root, run, max_steps=5, limit_train_batches=3))
+    assert cli.trainer.global_step == 5
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 5
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    assert best.name == "best-epoch0-step3.ckpt"
+    for name in ("metrics.csv", "hparams.yaml", "config.yaml", "tokenizer.json"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]  # no runs/demo/ in the working directory
+
+    # a damaged last.ckpt: --ckpt_path last stops with one line naming it and the intact best checkpoint
+    data = (run / "checkpoints" / "last.ckpt").read_bytes()
+    (run / "checkpoints" / "last.ckpt").write_bytes(data[: len(data) // 3])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*cli_args(synthetic_root, run, max_steps=7, limit_train_batches=3), "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {run / 'checkpoints' / 'last.ckpt'} is damaged"), err
+    assert f"the newest intact checkpoint is {best} (resume with --ckpt_path {best})" in err[0]
+
+
+TRAIN_WITH_WORKERS = """
+import sys
+from vision_attn.lightning_cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_loader_workers_die_with_a_killed_trainer(tmp_path: Path) -> None:
+    """kill -9 of the trainer in mid-epoch: its DataLoader worker must not live on (one stayed 13 minutes).
+
+    The worker loads ahead of a slower training step, so when the trainer dies it is blocked writing a finished
+    batch (786 KB) into a pipe of 64 KB that nobody reads; PyTorch's own parent check never runs then. Without
+    `die_with_parent` this test saw the worker alive (sleeping, reparented) in 4 runs of 4.
+    """
+    import signal
+    import time
+
+    from vision_attn.data.synthetic import make_synthetic
+
+    make_synthetic(tmp_path / "data", n_train=300, n_val=8, seed=0, image_size=64, workers=1)
+    args = cli_args(tmp_path / "data", tmp_path / "run", max_epochs=10_000, limit_val_batches=0)
+    args += ["--data.num_workers", "1", "--data.batch_size", "64", "--model.encoder.image_size", "64"]
+    args += ["--model.decoder.dim", "128", "--model.decoder.depth", "2"]  # a step slower than loading a batch
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_WITH_WORKERS, *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def children() -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not workers or not (tmp_path / "run" / "tokenizer.json").exists():
+            assert proc.poll() is None, "training ended before its worker started"
+            assert time.monotonic() < deadline, "the loader worker never started"
+            time.sleep(0.2)
+            workers = children()
+        time.sleep(6)  # some steps run; the worker loads ahead
+        assert proc.poll() is None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [w for w in workers if _state(w) != "Z"]
+        assert not alive, f"workers {alive} outlived the killed trainer"
+    finally:
+        proc.kill()
+        for w in workers:
+            if _state(w) != "Z":
+                os.kill(w, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
+import sys
 
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from vision_attn.checkpointing import AtomicCheckpointIO, CheckpointError
 from vision_attn.data.datamodule import VisionAttnDataModule
+from vision_attn.data.errors import DataFormatError
 from vision_attn.training import VisionAttnModule
 
 
 class VisionAttnCLI(LightningCLI):
-    """`python train.py {fit,validate,test,predict} --config configs/....yaml`."""
+    """`python train.py {fit,validate,test,predict} --config configs/....yaml`.
+
+    A run's outputs follow one setting, `trainer.default_root_dir`: the logger writes there (metrics.csv,
+    hparams.yaml and config.yaml, with the configs' empty logger name and version), checkpoints go to its
+    `checkpoints/` and the trained tokenizer to its `tokenizer.json`.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         # values the data and the model share are set once, on the model
@@ -18,14 +29,26 @@ class VisionAttnCLI(LightningCLI):
         # The model's tokenizer is the DataModule's, so never a config option. When both are made it is still None
         # (the DataModule loads it in setup), and the model takes it from the trainer's DataModule in configure_model.
         parser.link_arguments("data.tokenizer", "model.tokenizer", apply_on="instantiate")
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: make its writes atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 def main(args: list[str] | None = None, run: bool = True) -> VisionAttnCLI:
-    return VisionAttnCLI(
-        VisionAttnModule,
-        VisionAttnDataModule,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    """Build (and run) the CLI. Bad data and damaged checkpoints end it with one `error:` line and exit code 2."""
+    try:
+        return VisionAttnCLI(
+            VisionAttnModule,
+            VisionAttnDataModule,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    except (DataFormatError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
