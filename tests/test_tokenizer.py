@@ -153,7 +153,7 @@ def test_save_and_load_round_trip(tok: PreTrainedTokenizerFast, codec: TextCodec
         for text in TEXTS[:7]:
             assert again.encode(text) == codec.encode(text)
             assert again.decode(again.encode(text)) == text.lower()
-        assert again.vqa_prompt("how many?") == vqa_prompt(codec, "how many?")
+        assert vqa_prompt(again, "how many?") == vqa_prompt(codec, "how many?")
 
 
 def test_load_missing_file_raises(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vision_attn.data.collate import collate_images
+from vision_attn.data.datamodule import die_with_parent
 from vision_attn.data.datasets import ImageDataset
 from vision_attn.data.errors import DataFormatError
 from vision_attn.data.records import ImageRecord, QAItem
@@ -112,7 +113,9 @@ def evaluate_records(
     config: how to decode captions and answers (default greedy; their lengths default to each task's).
     """
     ds = ImageDataset(records, pipe.model.config.encoder.image_size)
-    loader = DataLoader(ds, batch_size=pipe.batch_size, num_workers=num_workers, collate_fn=collate_images)
+    loader = DataLoader(
+        ds, pipe.batch_size, num_workers=num_workers, collate_fn=collate_images, worker_init_fn=die_with_parent
+    )
     preds = Predictions()
     skipped = 0
     for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False):

@@ -71,7 +71,7 @@ class VisionAttnModule(L.LightningModule):
         self.tasks: Tasks | None = None  # validation and predict decode through the task layer
         self._compiled = False
         self._preds = Predictions()
-        self._skipped = 0
+        self._skipped: dict[str, int] = {}  # unreadable images per stage, reported at the end of its epoch
         if tokenizer is not None:
             self._build(tokenizer)
 
@@ -129,7 +129,7 @@ class VisionAttnModule(L.LightningModule):
         return out
 
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor | None:
-        self._skipped += batch["skipped"]
+        self._skipped[stage] = self._skipped.get(stage, 0) + batch["skipped"]
         if "images" not in batch:  # every image of the batch was unreadable
             return None
         losses = self._losses(batch)
@@ -172,7 +172,7 @@ class VisionAttnModule(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def on_train_epoch_end(self) -> None:
-        self._report_skipped("training")
+        self._report_skipped("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -181,11 +181,10 @@ class VisionAttnModule(L.LightningModule):
         self._log_metrics("test")
 
     def _report_skipped(self, stage: str) -> None:
-        if self._skipped:
-            log.warning(
-                "skipped %d unreadable images during %s (see the warnings above for which)", self._skipped, stage
-            )
-        self._skipped = 0
+        skipped = self._skipped.pop(stage, 0)
+        if skipped:
+            what = {"train": "training", "val": "validation"}.get(stage, stage)
+            log.warning("skipped %d unreadable images during %s (see the warnings above for which)", skipped, what)
 
     def _log_metrics(self, stage: str) -> None:
         self._report_skipped(stage)
