@@ -59,108 +59,27 @@ _NUMBER_WORDS = {
 }
 _ARTICLES = frozenset({"a", "an", "the"})
 
-# The official contraction table as it acts on lower-cased words: each written form with the spellings that are
-# rewritten to it. Only these spellings change; everything else stays as it is, so ordinary words that happen to be
-# contractions without the apostrophe ("its", "well", "ill", "lets", "shes") and forms the table does not list
-# ("couldntve", "somethings") are never touched. The official table also has the keys "Im", "Ive", "Id've" and
-# "I'dve": capitalised, they never match a lower-cased word, so "im" stays "im" and is left out here. Its entries
-# "let's" and "she's" map to themselves and are left out too.
-_CONTRACTION_SPELLINGS: dict[str, tuple[str, ...]] = {
-    "'ow's'at": ("ow's'at", "'ows'at", "'ow'sat"),
-    "'twas": ("twas",),
-    "ain't": ("aint",),
-    "aren't": ("arent",),
-    "can't": ("cant",),
-    "could've": ("couldve",),
-    "couldn't": ("couldnt",),
-    "couldn't've": ("couldn'tve", "couldnt've"),
-    "didn't": ("didnt",),
-    "doesn't": ("doesnt",),
-    "don't": ("dont",),
-    "hadn't": ("hadnt",),
-    "hadn't've": ("hadnt've", "hadn'tve"),
-    "hasn't": ("hasnt",),
-    "haven't": ("havent",),
-    "he'd": ("hed",),
-    "he'd've": ("hed've", "he'dve"),
-    "he's": ("hes",),
-    "how'd": ("howd",),
-    "how'll": ("howll",),
-    "how's": ("hows",),
-    "isn't": ("isnt",),
-    "it'd": ("itd",),
-    "it'd've": ("itd've", "it'dve"),
-    "it'll": ("itll",),
-    "ma'am": ("maam",),
-    "might've": ("mightve",),
-    "mightn't": ("mightnt",),
-    "mightn't've": ("mightnt've", "mightn'tve"),
-    "must've": ("mustve",),
-    "mustn't": ("mustnt",),
-    "needn't": ("neednt",),
-    "not've": ("notve",),
-    "o'clock": ("oclock",),
-    "oughtn't": ("oughtnt",),
-    "shan't": ("shant",),
-    "she'd've": ("shed've", "she'dve"),
-    "should've": ("shouldve",),
-    "shouldn't": ("shouldnt",),
-    "shouldn't've": ("shouldnt've", "shouldn'tve"),
-    "somebody'd've": ("somebodyd've", "somebody'dve"),
-    "somebody'll": ("somebodyll",),
-    "somebody's": ("somebodys",),
-    "somebodyd": ("somebody'd",),  # sic: this official entry takes the apostrophe out
-    "someone'd": ("someoned",),
-    "someone'd've": ("someoned've", "someone'dve"),
-    "someone'll": ("someonell",),
-    "someone's": ("someones",),
-    "something'd": ("somethingd",),
-    "something'd've": ("somethingd've", "something'dve"),
-    "something'll": ("somethingll",),
-    "that's": ("thats",),
-    "there'd": ("thered",),
-    "there'd've": ("thered've", "there'dve"),
-    "there're": ("therere",),
-    "there's": ("theres",),
-    "they'd": ("theyd",),
-    "they'd've": ("theyd've", "they'dve"),
-    "they'll": ("theyll",),
-    "they're": ("theyre",),
-    "they've": ("theyve",),
-    "wasn't": ("wasnt",),
-    "we'd've": ("wed've", "we'dve"),
-    "we've": ("weve",),
-    "weren't": ("werent",),
-    "what'll": ("whatll",),
-    "what're": ("whatre",),
-    "what's": ("whats",),
-    "what've": ("whatve",),
-    "when's": ("whens",),
-    "where'd": ("whered",),
-    "where's": ("wheres",),
-    "where've": ("whereve",),
-    "who'd": ("whod",),
-    "who'd've": ("whod've", "who'dve"),
-    "who'll": ("wholl",),
-    "who's": ("whos",),
-    "who've": ("whove",),
-    "why'll": ("whyll",),
-    "why're": ("whyre",),
-    "why's": ("whys",),
-    "won't": ("wont",),
-    "would've": ("wouldve",),
-    "wouldn't": ("wouldnt",),
-    "wouldn't've": ("wouldnt've", "wouldn'tve"),
-    "y'all": ("yall",),
-    "y'all'd've": ("yall'd've", "y'alld've", "y'all'dve"),
-    "y'all'll": ("yall'll", "y'allll"),
-    "you'd": ("youd",),
-    "you'd've": ("youd've", "you'dve"),
-    "you'll": ("youll",),
-    "you're": ("youre",),
-    "you've": ("youve",),
-}
-_CONTRACTIONS = {spelling: form for form, spellings in _CONTRACTION_SPELLINGS.items() for spelling in spellings}
+# The official contraction table as it acts on lower-cased words. Each key of the official table is a contracted
+# form written with exactly one of its apostrophes left out ("couldnt've" and "couldn'tve", but never "couldntve"),
+# and is rewritten to that form; so the table is the list of forms below and that rule, plus one official entry
+# that runs the other way ("somebody'd" becomes "somebodyd", sic). Only these spellings change: ordinary words that
+# happen to be contractions without the apostrophe ("its", "well", "ill", "lets", "shes") and spellings the table
+# does not list ("couldntve", "somethings") are never touched. The official table also has the keys "Im", "Ive",
+# "Id've" and "I'dve": capitalised, they never match a lower-cased word, so "im" stays "im" and is left out here. Its
+# entries "let's" and "she's" map to themselves and are left out too.
+_CONTRACTED_FORMS = """
+    'ow's'at 'twas ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't
+    haven't he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am might've mightn't mightn't've
+    must've mustn't needn't not've o'clock oughtn't shan't she'd've should've shouldn't shouldn't've
+    somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's something'd something'd've
+    something'll that's there'd there'd've there're there's they'd they'd've they'll they're they've wasn't
+    we'd've we've weren't what'll what're what's what've when's where'd where's where've who'd who'd've who'll
+    who's who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'd've y'all'll you'd
+    you'd've you'll you're you've
+""".split()
+_CONTRACTIONS = {
+    form[:i] + form[i + 1 :]: form for form in _CONTRACTED_FORMS for i, c in enumerate(form) if c == "'"
+} | {"somebody'd": "somebodyd"}
 
 
 def _clean(answer: str) -> str:
