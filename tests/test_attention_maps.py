@@ -116,7 +116,7 @@ def test_plain_generation_never_runs_the_explicit_path(
     gen(tiny_model, images, PROMPTS, True, max_new_tokens=6)
     assert calls["n"] > 0  # the spy sees the explicit path when it is asked for
     calls["n"] = 0
-    pipe.rank_answers(photos[0], "what color is the circle?", top_k=2, with_maps=True)
+    pipe.rank_answers(photos[0], "what color is the circle?", top_k=2, maps="mean")
     assert calls["n"] > 0
     calls["n"] = 0
     pipe.caption(photos, GenerationConfig(max_new_tokens=6))  # the recorder is detached after a decode with maps
@@ -191,13 +191,13 @@ def test_pipeline_answers_with_maps(pipe: Pipeline, photos: list[Tensor]) -> Non
     with pytest.raises(ValueError, match="attention_layer"):
         pipe.caption_maps(photos[0], layer=2)
     with pytest.raises(ValueError, match="attention_layer"):
-        pipe.rank_answers(photos[0], qs[0], top_k=2, with_maps=True, layer=5)
+        pipe.rank_answers(photos[0], qs[0], top_k=2, maps=5)
 
 
 def test_ranked_answers_carry_the_maps_of_the_best_answer_from_one_search(
     pipe: Pipeline, photos: list[Tensor], monkeypatch
 ) -> None:
-    """`rank_answers(with_maps=True)` runs one beam search whose best answer is the first ranked one, and its
+    """`rank_answers(maps="mean")` runs one beam search whose best answer is the first ranked one, and its
     maps are those of a separate mapped decode with the same beams and no length penalty."""
     import vision_attn.tasks as tasks_module
 
@@ -210,7 +210,7 @@ def test_ranked_answers_carry_the_maps_of_the_best_answer_from_one_search(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tasks_module, "beam_search", counting)
-    ranked = pipe.rank_answers(photos, qs, top_k=3, config=GenerationConfig(num_beams=3), with_maps=True)
+    ranked = pipe.rank_answers(photos, qs, top_k=3, config=GenerationConfig(num_beams=3), maps="mean")
     assert searches["n"] == 2  # the pipeline's batch size is 2: one search per batch, not one more for the maps
     plain = pipe.rank_answers(photos, qs, top_k=3, config=GenerationConfig(num_beams=3))
     mapped = pipe.answer_maps(photos, qs, GenerationConfig(num_beams=3, length_penalty=0.0))

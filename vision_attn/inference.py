@@ -15,17 +15,19 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from vision_attn.attention_maps import DEFAULT_LAYER, AttentionLayer, AttentionResult
+from vision_attn.attention_maps import DEFAULT_LAYER, AttentionResult
 from vision_attn.data.images import MAX_PIXELS, load_image
 from vision_attn.data.tokenizer import TextCodec, load_tokenizer
 from vision_attn.data.transforms import draft_side, image_transform
 from vision_attn.decoding import CompiledDecoder
 from vision_attn.models import ModelFolderError, VisionAttnModel
-from vision_attn.tasks import GenerationConfig, RankedAnswer, Ranking, Tasks, check_questions
+from vision_attn.tasks import Config, Layer, RankedAnswer, Ranking, Tasks, check_questions
 
 log = logging.getLogger(__name__)
 
 ImageInput = str | Path | bytes | Image.Image | Tensor
+Images = ImageInput | Sequence[ImageInput]  # one image for all questions, or one per question
+Maps = AttentionResult
 R = TypeVar("R")
 
 
@@ -129,24 +131,17 @@ class Pipeline:
     # ---- captions: one per image ----
 
     @overload
-    def caption(self, images: ImageInput, config: GenerationConfig | None = None) -> str: ...
+    def caption(self, images: ImageInput, config: Config = ...) -> str: ...
     @overload
-    def caption(self, images: Sequence[ImageInput], config: GenerationConfig | None = None) -> list[str]: ...
+    def caption(self, images: Sequence[ImageInput], config: Config = ...) -> list[str]: ...
     def caption(self, images, config=None):
         """One caption per image (`config`: how to decode; default greedy, up to 48 tokens)."""
         return self._per_image(images, lambda x: self.tasks.captions(x, config))
 
     @overload
-    def caption_maps(
-        self, images: ImageInput, config: GenerationConfig | None = None, layer: AttentionLayer = DEFAULT_LAYER
-    ) -> AttentionResult: ...
+    def caption_maps(self, images: ImageInput, config: Config = ..., layer: Layer = ...) -> AttentionResult: ...
     @overload
-    def caption_maps(
-        self,
-        images: Sequence[ImageInput],
-        config: GenerationConfig | None = None,
-        layer: AttentionLayer = DEFAULT_LAYER,
-    ) -> list[AttentionResult]: ...
+    def caption_maps(self, images: Sequence[ImageInput], config: Config = ..., layer: Layer = ...) -> list[Maps]: ...
     def caption_maps(self, images, config=None, layer=DEFAULT_LAYER):
         """`caption` with where the decoder looked: the text, a cross-attention map per token and per word over the
         patch grid (`layer`: a decoder layer index, or "mean" over layers, the default because it points best),
@@ -157,66 +152,39 @@ class Pipeline:
     # ---- answers: question i about image i (one image with several questions is encoded once) ----
 
     @overload
-    def answer(self, images: ImageInput, questions: str, config: GenerationConfig | None = None) -> str: ...
+    def answer(self, images: ImageInput, questions: str, config: Config = ...) -> str: ...
     @overload
-    def answer(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        questions: Sequence[str],
-        config: GenerationConfig | None = None,
-    ) -> list[str]: ...
+    def answer(self, images: Images, questions: Sequence[str], config: Config = ...) -> list[str]: ...
     def answer(self, images, questions, config=None):
         """The answer to each question (`config`: how to decode; default greedy, up to 8 tokens). One image with
         a list of questions is asked each of them."""
         return self._per_question(images, questions, lambda x, i, qs: self.tasks.answers(x, qs, i, config))
 
     @overload
-    def answer_maps(
-        self,
-        images: ImageInput,
-        questions: str,
-        config: GenerationConfig | None = None,
-        layer: AttentionLayer = DEFAULT_LAYER,
-    ) -> AttentionResult: ...
+    def answer_maps(self, images: ImageInput, questions: str, config: Config = ..., layer: Layer = ...) -> Maps: ...
     @overload
     def answer_maps(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        questions: Sequence[str],
-        config: GenerationConfig | None = None,
-        layer: AttentionLayer = DEFAULT_LAYER,
-    ) -> list[AttentionResult]: ...
+        self, images: Images, questions: Sequence[str], config: Config = ..., layer: Layer = ...
+    ) -> list[Maps]: ...
     def answer_maps(self, images, questions, config=None, layer=DEFAULT_LAYER):
         """`answer` with where the decoder looked for each word of the answer (as in `caption_maps`)."""
         return self._per_question(images, questions, lambda x, i, qs: self.tasks.answer_maps(x, qs, i, config, layer))
 
     @overload
     def rank_answers(
-        self,
-        images: ImageInput,
-        questions: str,
-        top_k: int = 3,
-        config: GenerationConfig | None = None,
-        with_maps: bool = False,
-        layer: AttentionLayer = DEFAULT_LAYER,
+        self, images: ImageInput, questions: str, top_k: int = ..., config: Config = ..., maps: Layer | None = ...
     ) -> Ranking: ...
     @overload
     def rank_answers(
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        questions: Sequence[str],
-        top_k: int = 3,
-        config: GenerationConfig | None = None,
-        with_maps: bool = False,
-        layer: AttentionLayer = DEFAULT_LAYER,
+        self, images: Images, questions: Sequence[str], top_k: int = ..., config: Config = ..., maps: Layer | None = ...
     ) -> list[Ranking]: ...
-    def rank_answers(self, images, questions, top_k=3, config=None, with_maps=False, layer=DEFAULT_LAYER):
+    def rank_answers(self, images, questions, top_k=3, config=None, maps=None):
         """The `top_k` most likely distinct answers with their probabilities (beam search with at least
-        max(top_k, 2) beams, ranked by sequence probability); with `with_maps`, the best answer's maps from the
-        same search."""
+        max(top_k, 2) beams, ranked by sequence probability); with `maps` (a decoder layer, or "mean"), the best
+        answer's attention maps from the same search."""
 
         def run(x: Tensor, index: Tensor, qs: list[str]) -> list[Ranking]:
-            return self.tasks.rank_answers(x, qs, top_k, index, config, with_maps, layer)
+            return self.tasks.rank_answers(x, qs, top_k, index, config, maps)
 
         return self._per_question(images, questions, run)
 
@@ -224,7 +192,7 @@ class Pipeline:
     def score_candidates(self, images: ImageInput, questions: str, candidates: Sequence[str]) -> list[RankedAnswer]: ...
     @overload
     def score_candidates(
-        self, images: ImageInput | Sequence[ImageInput], questions: Sequence[str], candidates: Sequence[str]
+        self, images: Images, questions: Sequence[str], candidates: Sequence[str]
     ) -> list[list[RankedAnswer]]: ...
     def score_candidates(self, images, questions, candidates):
         """The given candidate answers of each question ranked by their probability under the model."""
@@ -233,7 +201,7 @@ class Pipeline:
 
     # ---- batching ----
 
-    def _per_image(self, images: ImageInput | Sequence[ImageInput], run: Callable[[Tensor], list[R]]) -> Any:
+    def _per_image(self, images: Images, run: Callable[[Tensor], list[R]]) -> Any:
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
         out: list[R] = []
@@ -245,7 +213,7 @@ class Pipeline:
 
     def _per_question(
         self,
-        images: ImageInput | Sequence[ImageInput],
+        images: Images,
         questions: str | Sequence[str],
         run: Callable[[Tensor, Tensor, list[str]], list[R]],
     ) -> Any:

@@ -227,7 +227,7 @@ class VqaAPI(_VisionAttnAPI):
         top_k, attention = key
         images, questions = [it.image for it in items], [it.params["question"] for it in items]
         config = GenerationConfig(max_new_tokens=VQA_NEW_TOKENS, num_beams=max(top_k, VQA_MIN_BEAMS))
-        return self.pipe.rank_answers(images, questions, top_k, config, with_maps=attention)
+        return self.pipe.rank_answers(images, questions, top_k, config, maps="mean" if attention else None)
 
     def response(self, result: Ranking) -> dict[str, Any]:
         ranked, maps = [asdict(a) for a in result.answers], result.maps

@@ -67,7 +67,12 @@ class GenerationConfig:
             )
 
 
-def settle(config: GenerationConfig | None, default_tokens: int) -> GenerationConfig:
+Config = GenerationConfig | None  # None: greedy, the task's default length
+Index = Tensor | None  # [B] the image of each text; None: text i is about image i
+Layer = AttentionLayer
+
+
+def settle(config: Config, default_tokens: int) -> GenerationConfig:
     """`config` (default: greedy) with `max_new_tokens` set to the task's default where it was left None."""
     config = config or GenerationConfig()
     return config if config.max_new_tokens is not None else replace(config, max_new_tokens=default_tokens)
@@ -151,21 +156,18 @@ class Tasks:
         self.model, self.codec, self.compiled = model, codec, compiled
 
     def _generate(
-        self, images: Tensor, prompts: list[list[int]], config: GenerationConfig, image_index: Tensor | None, maps: bool
+        self, images: Tensor, prompts: list[list[int]], config: GenerationConfig, image_index: Index, maps: bool
     ) -> GenerationOutput:
         return generate(self.model, images, prompts, config, image_index, maps, self.compiled)
 
-    def captions(self, images: Tensor, config: GenerationConfig | None = None) -> list[str]:
+    def captions(self, images: Tensor, config: Config = None) -> list[str]:
         """One caption per image."""
         config = settle(config, CAPTION_TOKENS)
         out = self._generate(images, [caption_prompt(self.codec)] * images.shape[0], config, None, False)
         return [self.codec.decode(s) for s in out.sequences]
 
     def caption_maps(
-        self,
-        images: Tensor,
-        config: GenerationConfig | None = None,
-        layer: AttentionLayer = DEFAULT_LAYER,
+        self, images: Tensor, config: Config = None, layer: Layer = DEFAULT_LAYER
     ) -> list[AttentionResult]:
         """One caption per image with where the decoder looked for each of its words."""
         config = settle(config, CAPTION_TOKENS)
@@ -173,11 +175,7 @@ class Tasks:
         return self._with_maps(images, prompts, config, None, layer)
 
     def answers(
-        self,
-        images: Tensor,
-        questions: list[str],
-        image_index: Tensor | None = None,
-        config: GenerationConfig | None = None,
+        self, images: Tensor, questions: list[str], image_index: Index = None, config: Config = None
     ) -> list[str]:
         """The answer to question i about image image_index[i] (default: image i)."""
         config = settle(config, ANSWER_TOKENS)
@@ -188,9 +186,9 @@ class Tasks:
         self,
         images: Tensor,
         questions: list[str],
-        image_index: Tensor | None = None,
-        config: GenerationConfig | None = None,
-        layer: AttentionLayer = DEFAULT_LAYER,
+        image_index: Index = None,
+        config: Config = None,
+        layer: Layer = DEFAULT_LAYER,
     ) -> list[AttentionResult]:
         """`answers` with where the decoder looked for each word of each answer."""
         config = settle(config, ANSWER_TOKENS)
@@ -201,26 +199,25 @@ class Tasks:
         images: Tensor,
         questions: list[str],
         top_k: int,
-        image_index: Tensor | None = None,
-        config: GenerationConfig | None = None,
-        with_maps: bool = False,
-        layer: AttentionLayer = DEFAULT_LAYER,
+        image_index: Index = None,
+        config: Config = None,
+        maps: Layer | None = None,
     ) -> list[Ranking]:
         """The `top_k` most likely distinct answers of each question with their probabilities, from one beam search
-        with max(top_k, config.num_beams, 2) beams ranked by probability (no length penalty); with `with_maps`,
-        the best answer's maps from that same search."""
+        with max(top_k, config.num_beams, 2) beams ranked by probability (no length penalty); with `maps` (a decoder
+        layer, or "mean"), the best answer's attention maps from that same search."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         config = settle(config, ANSWER_TOKENS)
         beams = max(top_k, config.num_beams, 2)  # 1 beam = greedy, which ranks nothing
         config = replace(config, num_beams=beams, length_penalty=0.0)
-        if with_maps:
-            check_layer(layer, len(self.model.decoder.blocks))
-        out = self._generate(images, self._vqa_prompts(questions), config, image_index, with_maps)
-        maps = self._results(out, images, image_index, layer) if with_maps else [None] * len(questions)
+        if maps is not None:
+            check_layer(maps, len(self.model.decoder.blocks))
+        out = self._generate(images, self._vqa_prompts(questions), config, image_index, maps is not None)
+        results = [None] * len(questions) if maps is None else self._results(out, images, image_index, maps)
         rankings = []
         assert out.hypotheses is not None
-        for hyps, m in zip(out.hypotheses, maps, strict=True):
+        for hyps, m in zip(out.hypotheses, results, strict=True):
             ranked: dict[str, float] = {}
             for seq, logp in sorted(hyps, key=lambda h: -h[1]):
                 ranked.setdefault(self.codec.decode(seq), math.exp(logp))  # keep the likelier of equal texts
@@ -229,7 +226,7 @@ class Tasks:
 
     @torch.inference_mode()
     def score_candidates(
-        self, images: Tensor, questions: list[str], candidates: list[str], image_index: Tensor | None = None
+        self, images: Tensor, questions: list[str], candidates: list[str], image_index: Index = None
     ) -> list[list[RankedAnswer]]:
         """Every candidate answer of each question with its probability (its tokens and EOS), most likely first."""
         if not candidates or not all(isinstance(c, str) and c.strip() for c in candidates):
