@@ -12,16 +12,38 @@ from typing import Any, Literal
 
 
 @dataclass
-class EncoderConfig:
-    """The timm Vision Transformer that turns an image into patch tokens.
+class StackConfig:
+    """The width and depth of a stack of transformer blocks: what the encoder and the decoder share.
 
     Args:
-        image_size: input side in pixels (square).
-        patch_size: patch side in pixels; the grid is (image_size / patch_size)^2 tokens.
         dim: token width.
         depth: number of transformer blocks.
         num_heads: attention heads per block.
         mlp_ratio: MLP hidden width over `dim`.
+    """
+
+    dim: int = 192
+    depth: int = 3
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+
+    def check_heads(self, name: str) -> None:
+        """Raise ValueError unless the width splits into whole heads (`name`: the config's key, for the message)."""
+        if self.dim % self.num_heads:
+            raise ValueError(f"{name}.dim={self.dim} must be divisible by {name}.num_heads={self.num_heads}")
+
+
+@dataclass
+class EncoderConfig(StackConfig):
+    """The timm Vision Transformer that turns an image into patch tokens.
+
+    Args:
+        dim: token width.
+        depth: number of transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width over `dim`.
+        image_size: input side in pixels (square).
+        patch_size: patch side in pixels; the grid is (image_size / patch_size)^2 tokens.
         drop_path: stochastic depth rate (regularisation for small data).
         stem: "patch" = one linear projection per patch (standard ViT, needed for pretrained weights);
             "conv" = a small stack of strided 3x3 convolutions (learns much faster from scratch on small data).
@@ -30,12 +52,9 @@ class EncoderConfig:
         pretrained: optional local file (timm `.pth`/`.bin` or `.safetensors`) with ViT weights.
     """
 
+    depth: int = 4
     image_size: int = 64
     patch_size: int = 8
-    dim: int = 192
-    depth: int = 4
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
     drop_path: float = 0.0
     stem: Literal["patch", "conv"] = "patch"
     class_token: bool = False
@@ -46,8 +65,7 @@ class EncoderConfig:
             raise ValueError(
                 f"encoder.image_size={self.image_size} must be a multiple of encoder.patch_size={self.patch_size}"
             )
-        if self.dim % self.num_heads:
-            raise ValueError(f"encoder.dim={self.dim} must be divisible by encoder.num_heads={self.num_heads}")
+        self.check_heads("encoder")
 
     @property
     def grid_size(self) -> int:
@@ -56,30 +74,25 @@ class EncoderConfig:
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(StackConfig):
     """The text decoder: pre-norm blocks of causal self-attention, cross-attention to patches, and MLP.
 
     Args:
-        vocab_size: set from the tokenizer (0 means "not yet known").
         dim: token width.
         depth: number of blocks.
         num_heads: attention heads per block.
         mlp_ratio: MLP hidden width over `dim`.
+        vocab_size: set from the tokenizer (0 means "not yet known").
         max_len: longest prompt + generated text, in tokens (size of the position table and KV cache).
         dropout: dropout on residual branches.
     """
 
     vocab_size: int = 0
-    dim: int = 192
-    depth: int = 3
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
     max_len: int = 64
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads:
-            raise ValueError(f"decoder.dim={self.dim} must be divisible by decoder.num_heads={self.num_heads}")
+        self.check_heads("decoder")
         if self.dim % 4:
             raise ValueError(f"decoder.dim={self.dim} must be a multiple of 4 (2-D sin-cos positions of the patches)")
         if self.max_len < 16:
