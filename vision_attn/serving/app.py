@@ -10,6 +10,8 @@ the same settings. Every error is `{"error": "..."}` with its status: 400 unread
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import logging
 import time
 from collections.abc import AsyncIterator, Hashable
@@ -101,11 +103,15 @@ def build_app(pipe: Pipeline, options: ServeOptions) -> FastAPI:
             raise RequestError(503, "the server is shutting down") from None
         return JSONResponse({**result, "latency_ms": round((time.perf_counter() - start) * 1000, 2)})
 
-    @app.post(VQA_PATH, summary="Answer a question about an image", **_documented(vqa_model, VqaAnswer))
+    @app.post(
+        VQA_PATH,
+        summary="Answer a question about an image",
+        **_documented(vqa_model, VqaAnswer, {"question": "what color is it?", "top_k": 3}),
+    )
     async def vqa(request: Request) -> JSONResponse:
         return await answer(request, "vqa", vqa_model)
 
-    @app.post(CAPTION_PATH, summary="Caption an image", **_documented(CaptionRequest, CaptionAnswer))
+    @app.post(CAPTION_PATH, summary="Caption an image", **_documented(CaptionRequest, CaptionAnswer, {"num_beams": 2}))
     async def caption(request: Request) -> JSONResponse:
         return await answer(request, "caption", CaptionRequest)
 
@@ -141,14 +147,23 @@ def _decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise RequestError(422, str(e).replace("<bytes>", "field 'image'")) from None
 
 
-def _documented(request: type[BaseModel], answer: type[BaseModel]) -> dict[str, Any]:
-    """A model route's OpenAPI: its body as JSON and as a form (the image a file there), and every answer."""
+def _documented(request: type[BaseModel], answer: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
+    """A model route's OpenAPI: its body as JSON (with a working example) and as a form (the image a file there),
+    and every answer."""
     schema = request.model_json_schema()
     form = {**schema, "properties": {**schema["properties"], "image": {"type": "string", "format": "binary"}}}
-    body = {"required": True, "content": {JSON: {"schema": schema}, MULTIPART: {"schema": form}}}
+    example = {"image": _example_image(), **example}
+    body = {"required": True, "content": {JSON: {"schema": schema, "example": example}, MULTIPART: {"schema": form}}}
     responses: dict[int | str, dict[str, Any]] = {200: {"model": answer, "description": "the answer"}}
     responses |= {status: {"model": ErrorAnswer, "description": why} for status, why in ERRORS.items()}
     return {"openapi_extra": {"requestBody": body}, "responses": responses, "response_model": None}
+
+
+def _example_image() -> str:
+    """A 16 x 16 red PNG in base64: an image the docs' "Try it out" and schemathesis can send."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 async def _request_error(request: Request, exc: Exception) -> JSONResponse:

@@ -85,8 +85,7 @@ class GuardedProtocol(asyncio.Protocol):
         self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a stream transport (uvloop's is no subclass)
         peer = transport.get_extra_info("peername")
         if len(self.guard.open) >= self.guard.max_connections or not peer:
             transport.write(self.guard.refusal)
