@@ -105,6 +105,7 @@ class Batcher:
         return batch
 
     def _run(self, batch: list[_Job]) -> None:
+        start = time.monotonic()
         groups: dict[Hashable, list[_Job]] = {}
         for job in batch:
             if not job.abandoned:
@@ -121,6 +122,14 @@ class Batcher:
                 continue
             for job, result in zip(jobs, results, strict=True):
                 _settle(job, result=result)
+        waited = start - batch[0].arrived
+        log.debug(
+            "batch of %d in %d groups: waited %.1f ms, ran %.1f ms",
+            len(batch),
+            len(groups),
+            1000 * waited,
+            1000 * (time.monotonic() - start),
+        )
 
 
 def _settle(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
