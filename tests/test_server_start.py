@@ -45,38 +45,39 @@ def test_a_missing_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "model.safetensors, tokenizer.json missing" in serve_error(tmp_path, capsys)
 
 
-@pytest.mark.usefixtures("refuse_to_run")
-def test_a_malformed_config_is_one_line(serve_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    model = copy_model(serve_model_dir, tmp_path / "m")
-    (model / "config.json").write_text('{"encoder": {"dim": 32,')
-    assert "config.json is not valid JSON" in serve_error(model, capsys)
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def without_encoder(path: Path) -> None:
+    path.write_text(path.read_text().replace('"encoder"', '"encoder_"'))
+
+
+DAMAGED = {  # name: (file, how it is damaged, what the error line says)
+    "malformed config": (
+        "config.json",
+        lambda p: p.write_text('{"encoder": {"dim": 32,'),
+        "config.json is not valid JSON",
+    ),
+    "config without a key": ("config.json", without_encoder, "config.json lacks 'encoder'"),
+    "truncated weights": ("model.safetensors", truncate, "model.safetensors could not be loaded"),
+    "invalid tokenizer": (
+        "tokenizer.json",
+        lambda p: p.write_text('{"version": "1.0", "model": {"type": "nonsense"}}'),
+        "tokenizer.json is not a vision-attn tokenizer",
+    ),
+}
 
 
 @pytest.mark.usefixtures("refuse_to_run")
-def test_a_config_without_a_key_is_one_line(
-    serve_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+@pytest.mark.parametrize("name", list(DAMAGED))
+def test_a_damaged_model_folder_is_one_line(
+    serve_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str
 ) -> None:
+    file, damage, words = DAMAGED[name]
     model = copy_model(serve_model_dir, tmp_path / "m")
-    text = (model / "config.json").read_text()
-    (model / "config.json").write_text(text.replace('"encoder"', '"encoder_"'))
-    assert "config.json lacks 'encoder'" in serve_error(model, capsys)
-
-
-@pytest.mark.usefixtures("refuse_to_run")
-def test_a_truncated_weights_file_is_one_line(
-    serve_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    model = copy_model(serve_model_dir, tmp_path / "m")
-    weights = model / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert "model.safetensors could not be loaded" in serve_error(model, capsys)
-
-
-@pytest.mark.usefixtures("refuse_to_run")
-def test_an_invalid_tokenizer_is_one_line(serve_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    model = copy_model(serve_model_dir, tmp_path / "m")
-    (model / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "nonsense"}}')
-    assert "tokenizer.json is not a vision-attn tokenizer" in serve_error(model, capsys)
+    damage(model / file)
+    assert words in serve_error(model, capsys)
 
 
 @pytest.mark.usefixtures("refuse_to_run")

@@ -175,25 +175,15 @@ def cmd_vqa(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vision_attn.serving import Limits, ServeOptions, build_server, run
+    import dataclasses
+
+    from vision_attn.serving import Limits, ServeOptions, Timeouts, build_server, run
 
     try:
         limits = Limits(int(args.max_body_mb * 2**20), args.max_pixels, args.max_question_chars)
-        options = ServeOptions(
-            host=args.host,
-            port=args.port,
-            device=args.device,
-            threads=args.threads,
-            max_batch_size=args.max_batch_size,
-            batch_timeout=args.batch_timeout,
-            timeout=args.timeout,
-            keep_alive_timeout=args.keep_alive_timeout,
-            header_timeout=args.header_timeout,
-            body_timeout=args.body_timeout,
-            max_connections=args.max_connections,
-            log_level=args.log_level,
-            limits=limits,
-        )
+        timeouts = Timeouts(args.timeout, args.keep_alive_timeout, args.header_timeout, args.body_timeout)
+        named = {f.name for f in dataclasses.fields(ServeOptions)}  # the other flags: the fields of the same names
+        options = ServeOptions(**{k: v for k, v in vars(args).items() if k in named}, timeouts=timeouts, limits=limits)
         server = build_server(args.model, options)  # loads the model: before binding, so errors come first
     except ValueError as e:  # not a model folder, or a bad setting: say so in one line, no traceback
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ harness.py      a server in a subprocess, for tests and benchmarks
 """
 
 from vision_attn.serving.model import ModelFolderError
-from vision_attn.serving.options import Limits, ServeOptions
+from vision_attn.serving.options import Limits, ServeOptions, Timeouts
 from vision_attn.serving.server import build_server, run
 
-__all__ = ["Limits", "ModelFolderError", "ServeOptions", "build_server", "run"]
+__all__ = ["Limits", "ModelFolderError", "ServeOptions", "Timeouts", "build_server", "run"]

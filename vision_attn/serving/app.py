@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from vision_attn.data.errors import ImageLoadError
 from vision_attn.data.images import load_image
 from vision_attn.inference import Pipeline
-from vision_attn.serving.batcher import Batcher, BatcherStopped, WaitTimeout
+from vision_attn.serving.batcher import Batcher, BatcherStopped, RunGroup, WaitTimeout
 from vision_attn.serving.body import JSON, MULTIPART, RequestError, read_fields
 from vision_attn.serving.model import Route, Settings, max_prompt_tokens, prompt_tokens, run_batch
 from vision_attn.serving.options import ServeOptions
@@ -79,7 +79,7 @@ def build_app(pipe: Pipeline, options: ServeOptions) -> FastAPI:
     vqa_model = vqa_request_model(limits)
 
     async def answer(request: Request, route: Route, model: type[BaseModel]) -> JSONResponse:
-        fields = await read_fields(request, limits.max_body_bytes, options.body_timeout)
+        fields = await read_fields(request, limits.max_body_bytes, options.timeouts.body)
         start = time.perf_counter()
         try:
             req: Any = validate(model, fields)
@@ -96,9 +96,11 @@ def build_app(pipe: Pipeline, options: ServeOptions) -> FastAPI:
             top_k=getattr(req, "top_k", 1), num_beams=getattr(req, "num_beams", 1), attention=req.return_attention
         )
         try:
-            result = await batcher.submit((route, settings), (image, question), options.timeout)
+            result = await batcher.submit((route, settings), (image, question), options.timeouts.request)
         except WaitTimeout:
-            raise RequestError(504, f"no answer from the model within {options.timeout:g} s (--timeout)") from None
+            raise RequestError(
+                504, f"no answer from the model within {options.timeouts.request:g} s (--timeout)"
+            ) from None
         except BatcherStopped:
             raise RequestError(503, "the server is shutting down") from None
         return JSONResponse({**result, "latency_ms": round((time.perf_counter() - start) * 1000, 2)})
@@ -128,14 +130,13 @@ def build_app(pipe: Pipeline, options: ServeOptions) -> FastAPI:
     return app
 
 
-def _group_runner(pipe: Pipeline):
-    """The batcher's `run_group`: one group of equal (route, settings) items (image, question) on the model."""
+def _group_runner(pipe: Pipeline) -> RunGroup:
+    """The batcher's `run_group` over `pipe`: a key (route, settings), and its items (image, question)."""
 
     def run_group(key: Hashable, items: list[tuple[Image.Image, str | None]]) -> list[dict[str, Any]]:
-        route, settings = key  # type: ignore[misc]
-        images = [image for image, _ in items]
+        route, settings = key  # type: ignore[misc]  # the keys `answer` submits
         questions = [q for _, q in items] if route == "vqa" else None
-        return run_batch(pipe, route, settings, images, questions)  # type: ignore[arg-type]
+        return run_batch(pipe, route, settings, [image for image, _ in items], questions)  # type: ignore[arg-type]
 
     return run_group
 

@@ -87,7 +87,7 @@ class Batcher:
             except queue.Empty:
                 break
             if job is not _STOP:
-                _settle(job, error=BatcherStopped())
+                _settle([(job, None, BatcherStopped())])
         log.info("model thread stopped")
 
     def _collect(self, first: _Job) -> list[_Job]:
@@ -117,11 +117,9 @@ class Batcher:
                     raise RuntimeError(f"run_group gave {len(results)} results for {len(jobs)} items")
             except Exception as e:  # fails this group's requests only; the thread goes on serving
                 log.exception("the model failed on a batch of %d with key %r", len(jobs), key)
-                for job in jobs:
-                    _settle(job, error=e)
+                _settle([(job, None, e) for job in jobs])
                 continue
-            for job, result in zip(jobs, results, strict=True):
-                _settle(job, result=result)
+            _settle([(job, result, None) for job, result in zip(jobs, results, strict=True)])
         waited = start - batch[0].arrived
         log.debug(
             "batch of %d in %d groups: waited %.1f ms, ran %.1f ms",
@@ -132,18 +130,26 @@ class Batcher:
         )
 
 
-def _settle(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
-    """Hand `job` its result or error on its event loop (futures are not thread-safe)."""
+Outcome = tuple[_Job, Any, BaseException | None]  # a job, and its result or its error
 
-    def settle() -> None:
+
+def _settle(outcomes: list[Outcome]) -> None:
+    """Hand each job its result or error on its event loop (futures are not thread-safe), waking each loop once."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].future.get_loop(), []).append(outcome)
+    for loop, some in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, some)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+def _deliver(outcomes: list[Outcome]) -> None:
+    for job, result, error in outcomes:
         if job.future.done():  # cancelled: its waiter timed out or disconnected
-            return
+            continue
         if error is not None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
-
-    try:
-        job.future.get_loop().call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop has closed: nobody is waiting any more
-        pass

@@ -30,42 +30,41 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class ServeOptions:
-    """Everything `serve` needs besides the model folder; each field is the `vision-attn serve` flag of its name.
+class Timeouts:
+    """Seconds a connection or request may take (each a flag: --timeout, --keep-alive-timeout, ...)."""
 
-    Timeouts are in seconds: `keep_alive_timeout` closes a connection idle after a response, `header_timeout`
-    one that has not sent a whole request head that long after it opened or after its last response,
-    `body_timeout` a request whose body has not arrived that long after its head (408), and `timeout` answers
-    504 to a request that waited that long for the model. Over `max_connections` open connections a new one
-    gets a 503.
-    """
+    request: float = 60.0  # waiting for the model; then a 504
+    keep_alive: float = 5.0  # idle after an answer; then the connection is closed
+    header: float = 10.0  # for a whole request head, from a connection's opening or its last answer; then closed
+    body: float = 60.0  # for a body to arrive after its head; then a 408
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value <= 0:
+                flag = "--timeout" if name == "request" else f"--{name.replace('_', '-')}-timeout"
+                raise ValueError(f"{flag} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything `serve` needs besides the model folder; a field is the `vision-attn serve` flag of its name."""
 
     host: str = "127.0.0.1"
     port: int = 8000
     device: str = "auto"
-    threads: int = 0  # torch threads; 0 = the available cores
-    max_batch_size: int = 16
-    batch_timeout: float = 0.01
-    timeout: float = 60.0
-    keep_alive_timeout: float = 5.0
-    header_timeout: float = 10.0
-    body_timeout: float = 60.0
-    max_connections: int = 1000
+    threads: int = 0  # torch threads; 0: the available cores
     log_level: str = "info"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_batch_size: int = 16
+    batch_timeout: float = 0.01  # seconds a batch waits to fill after its first request arrived
+    max_connections: int = 1000  # fewer if the open-file limit is low; a connection over it gets a 503
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
-        positive = {
-            "--max-batch-size": self.max_batch_size,
-            "--timeout": self.timeout,
-            "--keep-alive-timeout": self.keep_alive_timeout,
-            "--header-timeout": self.header_timeout,
-            "--body-timeout": self.body_timeout,
-            "--max-connections": self.max_connections,
-        }
-        for flag, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"{flag} must be positive, got {value}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"--max-batch-size must be positive, got {self.max_batch_size}")
+        if self.max_connections < 1:
+            raise ValueError(f"--max-connections must be positive, got {self.max_connections}")
         if self.batch_timeout < 0:
             raise ValueError(f"--batch-timeout must be 0 or more seconds, got {self.batch_timeout}")
         if self.threads < 0:

@@ -30,7 +30,7 @@ def build_server(model_dir: str | Path, options: ServeOptions) -> uvicorn.Server
     logging.getLogger("vision_attn").setLevel(options.log_level.upper())
     torch.set_num_threads(options.torch_threads)
     pipe = load_pipeline(model_dir, options.device, options.max_batch_size)
-    guard = ConnectionGuard(fit_open_files(options.max_connections), options.header_timeout)
+    guard = ConnectionGuard(fit_open_files(options.max_connections), options.timeouts.header)
     config = uvicorn.Config(
         guard.track(build_app(pipe, options)),
         host=options.host,
@@ -39,7 +39,7 @@ def build_server(model_dir: str | Path, options: ServeOptions) -> uvicorn.Server
         # asyncio's loop, not uvloop: when open files run out, asyncio stops accepting for a moment (clients wait
         # in the backlog) where libuv accepts and closes what is waiting (clients are reset).
         loop="asyncio",
-        timeout_keep_alive=options.keep_alive_timeout,  # type: ignore[arg-type]  # a float works: call_later
+        timeout_keep_alive=options.timeouts.keep_alive,  # type: ignore[arg-type]  # a float works: call_later
         proxy_headers=False,  # the client address is the peer's: ConnectionGuard finds connections by it
         lifespan="on",
         log_level=options.log_level,
