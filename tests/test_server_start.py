@@ -4,9 +4,11 @@ anything binds; its defaults; a request waiting past --timeout gets 504; SIGTERM
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from serving import IMAGES, serve_model_dir_fixture  # noqa: F401  (fixtures)
 
 import vision_attn.serving
@@ -16,13 +18,17 @@ from vision_attn.serving.options import ServeOptions, available_cores
 
 
 @pytest.fixture
-def refuse_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`serve` fails the test instead of serving (and hanging) if it gets past its checks."""
+def refuse_to_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`serve` fails the test instead of serving (and hanging) if it gets past its checks; the test leaves torch's
+    thread count as it found it (other tests compare batched and lone results exactly)."""
 
     def run(server: object) -> None:
         pytest.fail("the server was started")
 
     monkeypatch.setattr(vision_attn.serving, "run", run)
+    threads = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == threads, "a refused start changed torch's thread count"
 
 
 def serve_error(model: Path, capsys: pytest.CaptureFixture, *args: str) -> str:
