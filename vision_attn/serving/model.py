@@ -61,7 +61,9 @@ def run_batch(
     beams = max(settings.top_k, VQA_MIN_BEAMS)
     ranked = pipe.answer(images, questions, top_k=settings.top_k, num_beams=beams, max_new_tokens=VQA_NEW_TOKENS)
     answers = [{"answer": r[0]["answer"], "answers": r} for r in ranked]
-    if settings.attention:  # a second beam search, ranked by probability as top_k is (Pipeline's API today)
+    # Pipeline's API today needs a second beam search for the maps. With the coming `rank_answers(images, questions,
+    # top_k, GenerationConfig(num_beams=beams, max_new_tokens=8), with_maps=attention)` one call gives both.
+    if settings.attention:
         maps = pipe.answer(
             images, questions, num_beams=beams, max_new_tokens=VQA_NEW_TOKENS, length_penalty=0.0, return_attention=True
         )
