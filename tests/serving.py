@@ -1,33 +1,27 @@
-"""Helpers for the tests that run `vision-attn serve` (test_server.py, test_web.py): a tiny served model, the
-server in a subprocess on a free port, and HTTP requests with the standard library."""
+"""What the tests of `vision-attn serve` share: a tiny served model, test images, the Pipeline's own answers, and
+one server for test_server.py and test_openapi.py. Starting, stopping and calling a server is
+`vision_attn.serving.harness`, which benchmarks/serve_throughput.py uses too."""
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import io
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from conftest import build_tiny_model, tiny_config
 from PIL import Image
 
+from vision_attn import GenerationConfig, Pipeline
+from vision_attn.attention_maps import AttentionResult
+from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 from vision_attn.data.tokenizer import save_tokenizer, train_tokenizer
+from vision_attn.serving.harness import RunningServer, running_server
+from vision_attn.serving.model import ATTENTION_DECIMALS, VQA_MIN_BEAMS
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
     "what color is the circle?",
     "how many objects are there?",
@@ -38,6 +32,8 @@ TEXTS = [
     "three",
     "yes",
 ] * 4
+MAX_PIXELS, MAX_CHARS, MAX_BODY_MB = 100 * 100, 40, 0.25  # the small limits of the shared server
+QUESTIONS = ["what color is the circle?", "how many objects are there?", "is there a green triangle?", "where?"]
 
 
 def png(width: int, height: int, seed: int) -> bytes:
@@ -47,81 +43,79 @@ def png(width: int, height: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def save_served_model(out: Path) -> Path:
-    """A tiny model with varied, image-dependent outputs (seeded O(1) weights) and a real tokenizer, in `out`."""
+IMAGES = [png(32 + 8 * i, 40 + 4 * i, seed=i) for i in range(6)]
+
+
+def save_served_model(out: Path, demo_size: bool = False) -> Path:
+    """A tiny model with varied, image-dependent outputs (seeded O(1) weights) and a real tokenizer, in `out`;
+    with `demo_size`, random weights in the shape of configs/demo.yaml (64 px, conv stem, width 128: the serving
+    benchmark's stand-in for a trained demo model's compute)."""
     tok = train_tokenizer(TEXTS, vocab_size=120)
-    build_tiny_model(tiny_config(vocab_size=len(tok), max_len=64)).save_pretrained(out)
+    config = tiny_config(vocab_size=len(tok), max_len=64)
+    if demo_size:
+        config = ModelConfig(
+            EncoderConfig(image_size=64, patch_size=8, stem="conv", dim=128, depth=4, num_heads=4),
+            DecoderConfig(vocab_size=len(tok), dim=128, depth=3, num_heads=4, max_len=64),
+        )
+    build_tiny_model(config).save_pretrained(out)
     save_tokenizer(tok, out / "tokenizer.json")
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Fixtures for the modules that import them (by these function names; tests ask for them by `name`).
+@pytest.fixture(scope="session", name="serve_model_dir")
+def serve_model_dir_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_served_model(tmp_path_factory.mktemp("serve_model"))
 
 
-@contextmanager
-def running_server(model_dir: Path, args: list[str], log_dir: Path) -> Iterator[str]:
-    """`vision-attn serve --model model_dir *args` in a subprocess on a free port; yields its base URL once healthy."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "vision_attn.cli", "serve", "--model", str(model_dir), "--port", str(port), *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    log_path = log_dir / "stderr.txt"
-    log = log_path.open("w")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen(cmd, env=env, stderr=log, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server did not become healthy within 90 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)  # the server shuts its worker processes down
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what this test started
-            proc.wait()
-        log.close()
+@pytest.fixture(scope="session", name="serve_pipe")
+def serve_pipe_fixture(serve_model_dir: Path) -> Pipeline:
+    return Pipeline.from_pretrained(serve_model_dir, device="cpu")
 
 
-def request(url: str, body: bytes, content_type: str | None) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method="POST")
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+@pytest.fixture(scope="session", name="served")
+def served_fixture(serve_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """`vision-attn serve` in a subprocess with small limits and batching on (8 requests, 50 ms)."""
+    args = ["--max-pixels", str(MAX_PIXELS), "--max-question-chars", str(MAX_CHARS), "--max-body-mb", str(MAX_BODY_MB)]
+    args += ["--max-batch-size", "8", "--batch-timeout", "0.05", "--threads", "1", "--log-level", "info"]
+    with running_server(serve_model_dir, args, tmp_path_factory.mktemp("serve_log") / "serve.log") as server:
+        yield server
 
 
-def post_json(url: str, fields: dict[str, Any]) -> tuple[int, Any]:
-    return request(url, json.dumps(fields).encode(), "application/json")
+def expected_vqa(pipe: Pipeline, image: bytes, question: str, top_k: int | None) -> list[dict]:
+    """What /v1/vqa must answer: Pipeline's ranked answers for the request alone."""
+    k = top_k or 1
+    ranking = pipe.rank_answers(image, question, k, GenerationConfig(num_beams=max(k, VQA_MIN_BEAMS)))
+    return [dataclasses.asdict(a) for a in ranking.answers]
 
 
-def post_form(url: str, fields: dict[str, Any]) -> tuple[int, Any]:
-    """multipart/form-data: bytes values are sent as files, the rest as text fields."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        if isinstance(value, bytes):
-            head = f'Content-Disposition: form-data; name="{name}"; filename="{name}.png"\r\nContent-Type: image/png'
-            parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + value + b"\r\n")
-        else:
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    return request(url, b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}")
+def expected_caption(pipe: Pipeline, image: bytes, beams: int | None) -> str:
+    return pipe.caption(image, GenerationConfig(num_beams=beams or 1, max_new_tokens=48))
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+def expected_maps(pipe: Pipeline, image: bytes, question: str | None, beams: int) -> AttentionResult:
+    """What an answer's `attention` must hold: Pipeline's maps for the same request."""
+    if question is None:
+        return pipe.caption_maps(image, GenerationConfig(num_beams=beams, max_new_tokens=48))
+    return pipe.answer_maps(image, question, GenerationConfig(num_beams=beams, max_new_tokens=8, length_penalty=0.0))
+
+
+def assert_same_answers(got: dict, want: list[dict]) -> None:
+    assert got["answer"] == want[0]["answer"]
+    assert [a["answer"] for a in got["answers"]] == [a["answer"] for a in want]
+    assert [a["probability"] for a in got["answers"]] == pytest.approx([a["probability"] for a in want], abs=1e-5)
+    assert got["latency_ms"] >= 0
+
+
+def assert_same_maps(got: dict, want: AttentionResult) -> None:
+    """`got["attention"]` holds `want`'s words, each map and the rollout on its grid, rounded, each summing to ~1."""
+    att, (h, w) = got["attention"], want.grid
+    assert att["grid"] == [h, w] and att["text"] == want.text and att["layer"] == "mean"
+    assert [x["word"] for x in att["words"]] == want.words
+    tol = 0.5 * 10**-ATTENTION_DECIMALS + 1e-7  # rounding
+    pairs = [*zip([x["map"] for x in att["words"]], want.word_maps, strict=True), (att["rollout"], want.rollout)]
+    for got_map, want_map in pairs:
+        m = torch.tensor(got_map)
+        assert m.shape == (h, w)
+        assert float(m.sum()) == pytest.approx(1.0, abs=h * w * tol)
+        torch.testing.assert_close(m, want_map, atol=tol, rtol=0)

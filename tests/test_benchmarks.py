@@ -9,6 +9,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
+from serving import serve_model_dir_fixture  # noqa: F401  (a fixture)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -101,3 +102,16 @@ def test_compile_switch_follows_the_training_device(device: str, compile: bool |
     module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), datamodule=None)
     module.configure_model()
     assert module._compiled is expected
+
+
+def test_serve_throughput_checks_every_answer_and_writes_results(
+    serve_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serve = bench("serve_throughput", monkeypatch)
+    out = tmp_path / "serve.json"
+    args = ["--model", str(serve_model_dir), "--clients", "4", "--rounds", "2", "--repeats", "1"]
+    assert serve.main([*args, "--idle-seconds", "0.5", "--threads", "1", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["every_answer_equals_its_lone_answer"] and payload["settings"]["requests_per_run"] == 8
+    run = payload["runs"]["new"][0]
+    assert run["answers_per_s"] > 0 and run["answers_unlike_lone"] == 0 and run["idle_cpu_percent_of_a_core"] < 50

@@ -10,22 +10,23 @@ encoder rollout.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from serving import ROOT, running_server, save_served_model
+from serving import serve_model_dir_fixture, serve_pipe_fixture  # noqa: F401  (fixtures)
 
 from vision_attn import GenerationConfig, Pipeline
-from vision_attn.server import VQA_MIN_BEAMS
-from vision_attn.web import STATIC
+from vision_attn.serving.harness import ROOT, running_server
+from vision_attn.serving.model import VQA_MIN_BEAMS
+from vision_attn.serving.web import STATIC
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -46,20 +47,10 @@ TIMEOUT_MS = 20_000  # for an answer from a model on a busy CPU
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_served_model(tmp_path_factory.mktemp("web_model"))
-
-
-@pytest.fixture(scope="module")
-def pipe(model_dir: Path) -> Pipeline:
-    return Pipeline.from_pretrained(model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(serve_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     args = ["--max-batch-size", "4", "--threads", "1", "--log-level", "warning"]
-    with running_server(model_dir, args, tmp_path_factory.mktemp("web_log")) as url:
-        yield url
+    with running_server(serve_model_dir, args, tmp_path_factory.mktemp("web_log") / "serve.log") as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +117,7 @@ def test_the_page_and_its_files_are_served_and_need_nothing_from_elsewhere(serve
 
 
 def test_ask_and_caption_then_point_at_a_word_to_see_its_heatmap(
-    browser: Browser, server: str, pipe: Pipeline, tmp_path: Path
+    browser: Browser, server: str, serve_pipe: Pipeline, tmp_path: Path
 ) -> None:
     page, problems = open_page(browser, server)
     page.set_input_files("#file", str(IMAGE))
@@ -136,10 +127,8 @@ def test_ask_and_caption_then_point_at_a_word_to_see_its_heatmap(
     chips = page.locator("#words .chip")
     expect(chips.first).to_be_visible(timeout=TIMEOUT_MS)
 
-    want = pipe.answer_maps(IMAGE, QUESTION, GenerationConfig(num_beams=VQA_MIN_BEAMS, length_penalty=0.0))
-    ranked = [
-        asdict(a) for a in pipe.rank_answers(IMAGE, QUESTION, 3, GenerationConfig(num_beams=VQA_MIN_BEAMS)).answers
-    ]
+    ranking = serve_pipe.rank_answers(IMAGE, QUESTION, 3, GenerationConfig(num_beams=VQA_MIN_BEAMS), maps="mean")
+    want, ranked = ranking.maps, [dataclasses.asdict(a) for a in ranking.answers]
     assert chips.all_inner_texts() == want.words and want.words
     expect(page.locator("#ranked li .text")).to_have_text([a["answer"] for a in ranked])
     assert overlay_alpha(page) == 0  # no map until a word is pointed at
@@ -163,7 +152,7 @@ def test_ask_and_caption_then_point_at_a_word_to_see_its_heatmap(
 
     page.click("#caption")
     expect(page.locator("#result")).to_have_attribute("data-kind", "caption", timeout=TIMEOUT_MS)
-    caption = pipe.caption_maps(IMAGE, GenerationConfig(max_new_tokens=48))
+    caption = serve_pipe.caption_maps(IMAGE, GenerationConfig(max_new_tokens=48))
     expect(chips).to_have_text(caption.words)
     expect(page.locator("#ranked")).to_be_hidden()
     page.hover("#rollout")

@@ -3,7 +3,7 @@
 Notation: L decoder layers, H heads, T generated tokens, W words, N image (patch) tokens on an h x w grid,
 N' = prefix + N encoder tokens.
 
-The decoder maps come from `generate(..., return_attention=True)`: map t is the cross-attention of the query
+The decoder maps come from `tasks.generate(..., record_maps=True)`: map t is the cross-attention of the query
 that predicted token t. `AttentionResult` turns them into one map per word; `encoder_rollout` is attention
 rollout (Abnar & Zuidema 2020) through the ViT's self-attention.
 """

@@ -192,28 +192,20 @@ def cmd_vqa(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vision_attn.server import Limits, build_server, serve
+    import dataclasses
 
-    limits = Limits(
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_pixels=args.max_pixels,
-        max_question_chars=args.max_question_chars,
-    )
+    from vision_attn.serving import Limits, ServeOptions, Timeouts, build_server, run
+
     try:
-        server = build_server(
-            args.model,
-            limits,
-            max_batch_size=args.max_batch_size,
-            batch_timeout=args.batch_timeout,
-            workers=args.workers,
-            device=args.device,
-            timeout=args.timeout,
-            threads=args.threads,
-        )
-    except (FileNotFoundError, ValueError) as e:  # not a model folder, or a bad setting: say so, no traceback
+        limits = Limits(int(args.max_body_mb * 2**20), args.max_pixels, args.max_question_chars)
+        timeouts = Timeouts(args.timeout, args.keep_alive_timeout, args.header_timeout, args.body_timeout)
+        named = {f.name for f in dataclasses.fields(ServeOptions)}  # the other flags: the fields of the same names
+        options = ServeOptions(**{k: v for k, v in vars(args).items() if k in named}, timeouts=timeouts, limits=limits)
+        server = build_server(args.model, options)  # loads the model: before binding, so errors come first
+    except ValueError as e:  # not a model folder, or a bad setting: say so in one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    serve(server, host=args.host, port=args.port, log_level=args.log_level)
+    run(server)
     return 0
 
 
@@ -323,16 +315,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "0.0.0.0", "::"], help="address to bind")
     s.add_argument("--port", type=int, default=8000, help="TCP port")
     s.add_argument("--max-batch-size", type=int, default=16, help="most concurrent requests run as one batch; 1 = off")
-    s.add_argument("--batch-timeout", type=float, default=0.01, help="seconds to wait for a batch to fill")
-    s.add_argument("--workers", type=int, default=1, help="model processes per route and device")
-    s.add_argument(
-        "--threads", type=int, default=0, help="torch threads per model process (0: the cores / (2 x --workers))"
-    )
+    s.add_argument("--batch-timeout", type=float, default=0.01, help="seconds a batch waits to fill after its first")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: the cores)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait for the model (then 504)")
     s.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (413 over it)")
     s.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image, width x height (422 over it)")
     s.add_argument("--max-question-chars", type=int, default=500, help="longest question (422 over it)")
+    s.add_argument(
+        "--keep-alive-timeout", type=float, default=5.0, help="seconds an idle connection stays open after an answer"
+    )
+    s.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection has for a whole request head, from its opening or its last answer",
+    )
+    s.add_argument("--body-timeout", type=float, default=60.0, help="seconds a request body may take (then 408)")
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections at most (503 over it; fewer if ulimit -n is low)",
+    )
     levels = ["debug", "info", "warning", "error"]
     s.add_argument("--log-level", default="info", choices=levels, help="server log level")
     s.set_defaults(func=cmd_serve)

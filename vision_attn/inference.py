@@ -25,6 +25,7 @@ from vision_attn.tasks import Config, Layer, RankedAnswer, Ranking, Tasks, check
 
 log = logging.getLogger(__name__)
 
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")  # what `vision-attn export` writes
 ImageInput = str | Path | bytes | Image.Image | Tensor
 Images = ImageInput | Sequence[ImageInput]  # one image for all questions, or one per question
 Maps = AttentionResult
@@ -95,15 +96,19 @@ class Pipeline:
         Raises:
             ModelFolderError: a file is missing, damaged or does not fit the model; the message names it.
         """
+        d = Path(model_dir)
+        missing = [n for n in MODEL_FILES if not (d / n).is_file()]
+        if d.is_dir() and missing:
+            raise ModelFolderError(f"{d} is not a vision-attn model folder: {', '.join(missing)} missing")
         dev = resolve_device(device)
-        model = VisionAttnModel.from_pretrained(model_dir, device=dev)
+        model = VisionAttnModel.from_pretrained(d, device=dev)
         try:
-            codec = TextCodec(load_tokenizer(Path(model_dir) / "tokenizer.json"))
+            codec = TextCodec(load_tokenizer(d / "tokenizer.json"))
         except (OSError, ValueError) as e:
             raise ModelFolderError(str(e)) from e
         if codec.vocab_size != model.config.decoder.vocab_size:
             raise ModelFolderError(
-                f"{Path(model_dir) / 'tokenizer.json'}: {codec.vocab_size} tokens, but the model's vocabulary has "
+                f"{d / 'tokenizer.json'}: {codec.vocab_size} tokens, but the model's vocabulary has "
                 f"{model.config.decoder.vocab_size}: the files come from different models"
             )
         return cls(model, codec, dev, batch_size, bf16, compile, max_pixels)

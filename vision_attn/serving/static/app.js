@@ -162,7 +162,7 @@ function showResult(kind, prompt, data) {
     ranked.append(li);
   }
   ranked.hidden = !ranked.children.length;
-  $("latency").textContent = `${data.latency_ms} ms in the model`;
+  $("latency").textContent = `${data.latency_ms} ms to answer`;
   draw();
 }
 
