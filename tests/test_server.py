@@ -280,3 +280,24 @@ def test_an_idle_server_uses_no_cpu(served: RunningServer) -> None:
 
 def test_the_server_logs_its_torch_threads(served: RunningServer) -> None:
     assert "1 torch threads" in served.log()  # --threads 1
+
+
+def test_the_vqa_route_with_maps_runs_one_beam_search(serve_pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of /v1/vqa requests with return_attention is one search: its ranked answers and the best answer's
+    maps come from it (the LitServe server ran a second beam search for the maps)."""
+    import vision_attn.tasks as tasks_module
+    from vision_attn.serving.model import Settings, run_batch
+
+    searches = {"n": 0}
+    real = tasks_module.beam_search
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        searches["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks_module, "beam_search", counting)
+    images, questions = [Image.open(io.BytesIO(IMAGES[i])) for i in range(3)], ["what color?", "how many?", "x"]
+    answers = run_batch(serve_pipe, "vqa", Settings(top_k=2, attention=True), images, questions)
+    assert searches["n"] == 1
+    for a, image, q in zip(answers, IMAGES[:3], questions, strict=True):
+        assert a["answer"] == a["attention"]["text"] == expected_vqa(serve_pipe, image, q, 2)[0]["answer"]
