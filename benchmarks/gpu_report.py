@@ -148,12 +148,23 @@ def fit_record(run_dir: Path, batch_size: int | None) -> dict[str, Any] | None:
     step = max((int(r["step"]) for r in rows if r.get("step")), default=0)  # within log_every_n_steps of the last
     return {
         "last_logged_step": step,
+        "exported_step": checkpoint_step(run_dir / "checkpoints" / "last.ckpt"),
         "images_by_then": (step + 1) * batch_size if batch_size else None,
         "epochs_started": max((int(r["epoch"]) for r in rows if r.get("epoch")), default=-1) + 1,
         "train_loss": loss,  # (step, loss) every log_every_n_steps
         "val_last": val,
         "validations": len(series("val/loss")),
     }
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The training step of a Lightning checkpoint, read without loading its tensors (memory-mapped)."""
+    if not path.exists():
+        return None
+    import torch
+
+    # our own run's checkpoint: its pickled hyper-parameters need weights_only=False
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
 
 
 # ---- the figures against the targets ----
@@ -248,6 +259,7 @@ def print_summary(payload: dict[str, Any]) -> None:
         (s0, l0), (s1, l1) = fit["train_loss"][0], fit["train_loss"][-1]
         val = ", ".join(f"{k} {v:.3g}" for k, v in fit["val_last"].items())
         print(f"fit: train/loss {l0:.3f} at step {s0} -> {l1:.3f} at step {s1}, {fit['epochs_started']} epochs; {val}")
+        print(f"     the exported model (last.ckpt) is that of step {fit['exported_step']}")
     print("\n| figure | ours | reference | ratio | target | met |\n|---|---|---|---|---|---|")
     for f in figs:
         met = {None: "-", True: "yes", False: "NO"}[f["met"]]
