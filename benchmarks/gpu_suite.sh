@@ -156,7 +156,8 @@ FIT_BOX=$((DEADLINE - (SECONDS - START) - 80))
 FIT_BOX=$((FIT_BOX < 60 ? 60 : FIT_BOX > 220 ? 220 : FIT_BOX))
 FIT_TRAIN=$((FIT_BOX - 40))
 # The config's paths (runs/vit_b16/...) are relative: the run writes under the work folder.
-stage fit "$FIT_BOX" env -C "$WORK" "$PY" "$REPO/train.py" fit --config "$REPO/configs/vit_b16.yaml" \
+IN_WORK=(bash -c 'cd "$0" && exec "$@"' "$WORK")
+stage fit "$FIT_BOX" "${IN_WORK[@]}" "$PY" "$REPO/train.py" fit --config "$REPO/configs/vit_b16.yaml" \
   --data.root "$DATA" "${ACCEL[@]}" --trainer.num_sanity_val_steps 0 --trainer.enable_progress_bar false \
   "${FIT_ARGS[@]}" \
   --trainer.max_time "$(printf '00:00:%02d:%02d' $((FIT_TRAIN / 60)) $((FIT_TRAIN % 60)))"
