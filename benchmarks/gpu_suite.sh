@@ -140,7 +140,7 @@ else
 fi
 stage preflight 20 "$PY" -m benchmarks.gpu_report preflight --device "$DEVICE" --out "$WORK/preflight.json"
 stage data 30 "$PY" -m vision_attn.cli make-synthetic --out "$DATA" --seed 0 "${DATA_ARGS[@]}"
-stage tests 75 "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider tests/test_gpu.py --junitxml "$WORK/pytest.xml"
+stage tests 75 "$PY" -m pytest -m gpu -v -rfEs -p no:cacheprovider tests/test_gpu.py --junitxml "$WORK/pytest.xml"
 stage train 90 "$PY" -m benchmarks.train_throughput --device "$DEVICE" --variants peer,ours_eager,ours \
   "${TRAIN_ARGS[@]}" --out "$RESULTS/train_$TAG.json"
 stage trainer 75 "$PY" -m benchmarks.train_throughput --device "$DEVICE" --variants trainer --data-root "$DATA" \
