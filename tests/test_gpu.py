@@ -17,7 +17,7 @@ from torch import Tensor
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 from vision_attn.data.datamodule import VisionAttnDataModule
 from vision_attn.data.readers import read_split
-from vision_attn.data.tokenizer import TextCodec, save_tokenizer, train_tokenizer
+from vision_attn.data.tokenizer import TextCodec, save_tokenizer
 from vision_attn.decoding import CompiledDecoder
 from vision_attn.evaluation import evaluate_records
 from vision_attn.inference import Pipeline
@@ -176,14 +176,8 @@ def model_dir(
     make_model: Callable[..., VisionAttnModel],
     tmp_path: Path,
 ) -> Path:
-    """A model folder: the tiny model with varied outputs and a tokenizer trained on the tiny set's texts."""
-    records = read_split(synthetic_root, "train")
-    texts = [
-        t
-        for r in records
-        for t in r.captions + [q.question for q in r.questions] + [q.answer or "" for q in r.questions]
-    ]
-    tokenizer = train_tokenizer(texts, 300)
+    """A model folder: the tiny model with varied outputs and the DataModule's tokenizer of the tiny set."""
+    tokenizer = VisionAttnDataModule(root=str(synthetic_root)).tokenizer
     model = make_model(make_config(vocab_size=TextCodec(tokenizer).vocab_size, max_len=64))
     model.save_pretrained(tmp_path)
     save_tokenizer(tokenizer, tmp_path / "tokenizer.json")
