@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA := data/synthetic
 RUN := runs/demo
 
-.PHONY: demo test lint install browser clean
+.PHONY: demo test lint install browser clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ browser:
 
 test: lint browser
 	$(PY) -m pytest -q
+
+# The wheels benchmarks/gpu_suite.sh needs on a bare GPU machine (about 1 MB, in the git-ignored .whl/, carried
+# there with the working tree; benchmarks/README.md says how to run the suite)
+gpu-wheels: $(STAMP)
+	$(PY) -m benchmarks.gpu_wheels --out .whl
 
 clean:
 	rm -rf $(RUN) $(DATA) .pytest_cache .ruff_cache

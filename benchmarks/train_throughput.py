@@ -250,7 +250,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     }
     tensor_variants = [v for v in args.variants if v != "trainer"]
     out: dict[str, dict[str, Any]] = {}
-    if device.type == "cpu":  # alternate the variants step by step; memory is not measured on CPU
+    if device.type == "cpu" and tensor_variants:  # alternate the variants step by step; no memory figure on CPU
         steps = {name: builders[name]() for name in tensor_variants}
         times = time_interleaved(steps, args.steps, args.warmup, device)
         out = {name: {"steps_ms": times[name], "text_len": args.text_len} for name in tensor_variants}

@@ -26,6 +26,17 @@ IMAGE_SIZE = 32
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a minute (still runs by default)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one (`pytest -m gpu` runs only these)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the `gpu` tests where torch sees no CUDA device, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def tiny_config(vocab_size: int = VOCAB, max_len: int = MAX_LEN) -> ModelConfig:
