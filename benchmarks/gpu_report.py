@@ -134,7 +134,7 @@ def pytest_record(junit: Path) -> dict[str, Any] | None:
 
 def fit_record(run_dir: Path, batch_size: int | None) -> dict[str, Any] | None:
     """Steps, epochs, the training loss curve and the last validation metrics of the run's metrics.csv."""
-    files = sorted(run_dir.glob("logs/version_*/metrics.csv"))
+    files = sorted(run_dir.rglob("metrics.csv"))  # the configs log into default_root_dir itself
     if not files:
         return None
     with files[-1].open() as f:

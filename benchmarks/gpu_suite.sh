@@ -98,8 +98,8 @@ else  # the benchmarks' GPU defaults: ViT-B/16 + 12x768 decoder, batch 128 (trai
   # The config's 2,000 warm-up steps are 13 epochs of the built-in set: 300 here. Validation (250 images) and its
   # checkpoints (1.7 GB each with AdamW's state) come once a minute, not after each 10-second epoch, and once more
   # when max_time stops the run (40 epochs would take some 6 minutes at 2,000 images/s, so the time stops it).
-  # Lightning 2.6 rewrites last.ckpt, which export reads, only with a checkpoint that improves val/cider: the
-  # exported model is the best validated one (the summary records its step).
+  # last.ckpt, which export reads, holds the final step (LastCheckpoint writes it when training stops; the summary
+  # records its step).
   FIT_ARGS=(--trainer.max_epochs 40 --trainer.val_check_interval 00:00:01:00 --model.warmup_steps 300
     --data.val_max_images 250 --trainer.log_every_n_steps 10)
   FIT_BATCH=128

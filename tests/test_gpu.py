@@ -16,7 +16,7 @@ from torch import Tensor
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 from vision_attn.data.datamodule import VisionAttnDataModule
-from vision_attn.data.readers import read_split
+from vision_attn.data.layout import read_split
 from vision_attn.data.tokenizer import TextCodec, save_tokenizer
 from vision_attn.decoding import CompiledDecoder
 from vision_attn.evaluation import evaluate_records
