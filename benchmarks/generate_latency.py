@@ -27,22 +27,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    PROMPT,
-    RESULTS,
-    Size,
-    add_common_args,
-    build_peer,
-    environment,
-    median,
-    ours_config,
-    print_table,
-    setup,
-    size_record,
-    time_calls,
-    time_interleaved,
-    write_results,
-)
+from benchmarks.peers import PROMPT, Size, build_peer, ours_config
+from benchmarks.record import RESULTS, report
+from benchmarks.timing import add_common_args, median, setup, time_calls, time_interleaved
 from vision_attn.decoding import CompiledDecoder
 from vision_attn.models import VisionAttnModel
 from vision_attn.tasks import GenerationConfig, generate
@@ -173,35 +160,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ref = peer_ms.get((r["batch"], r["beams"]))
         r["speedup_vs_peer"] = ref / r["latency_ms"] if ref else None
     stem = "conv stem (ours), patch projection (peer)" if size.stem == "conv" else "patch projection (both)"
-    print(f"\n## Caption latency: {size.name}, {args.new_tokens} new tokens, {device}, {stem}\n")
-    print_table(
+    columns = [("variant", "variant", "s"), ("batch", "batch", "d"), ("beams", "beams", "d"),
+               ("latency_ms", "latency ms", ".1f"), ("captions_per_s", "captions/s", ".1f"),
+               ("new_tokens_per_s", "new tokens/s", ".0f"), ("speedup_vs_peer", "x peer", ".2f")]  # fmt: skip
+    title = f"Caption latency: {size.name}, {args.new_tokens} new tokens, {device}, {stem}"
+    return report(
+        "generate_latency",
+        title,
         rows,
-        [
-            ("variant", "variant", "s"),
-            ("batch", "batch", "d"),
-            ("beams", "beams", "d"),
-            ("latency_ms", "latency ms", ".1f"),
-            ("captions_per_s", "captions/s", ".1f"),
-            ("new_tokens_per_s", "new tokens/s", ".0f"),
-            ("speedup_vs_peer", "x peer", ".2f"),
-        ],
+        columns,
+        (device, argv, size, args.out),
+        ours_weights=str(args.model_dir) if args.model_dir else "random init",
+        encoder_stem=stem,
+        dtype=str(dtype).removeprefix("torch."),
+        new_tokens=args.new_tokens,
+        prompt=PROMPT,
+        token_budget="exactly new_tokens: peer eos_token_id=None, ours eos_token_id=-1; no logits masking",
+        reps=args.reps,
+        warmup=args.warmup,
     )
-    payload = {
-        "benchmark": "generate_latency",
-        "environment": environment(device, "generate_latency", argv),
-        "size": size_record(size),
-        "ours_weights": str(args.model_dir) if args.model_dir else "random init",
-        "encoder_stem": stem,
-        "dtype": str(dtype).removeprefix("torch."),
-        "new_tokens": args.new_tokens,
-        "prompt": PROMPT,
-        "token_budget": "exactly new_tokens: peer eos_token_id=None, ours eos_token_id=-1; no logits masking",
-        "reps": args.reps,
-        "warmup": args.warmup,
-        "results": rows,
-    }
-    write_results(args.out, payload)
-    return payload
 
 
 if __name__ == "__main__":

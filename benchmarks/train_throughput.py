@@ -15,7 +15,7 @@ Synthetic tensors are random (normal images, uniform token ids), never zeros. A 
 optimizer step, zero_grad; its time is the median interval between consecutive step ends after warm-up (CUDA
 events, no host sync inside the loop). On CPU ours and the peer alternate step by step (a shared machine slows
 both alike); on a GPU each variant runs alone so that its peak memory is its own.
-MFU = 3 x forward FLOPs (formula in `benchmarks/common.forward_flops`) x images/s over the peak: the bf16 matmul
+MFU = 3 x forward FLOPs (formula in `benchmarks/peers.forward_flops`) x images/s over the peak: the bf16 matmul
 rate measured in the same run, and the H100 datasheet's 989 TFLOP/s.
 """
 
@@ -32,25 +32,18 @@ from typing import Any
 import lightning as L
 import torch
 
-from benchmarks.common import (
-    RESULTS,
+from benchmarks.peers import Size, build_peer, forward_flops, ours_config
+from benchmarks.record import RESULTS, report
+from benchmarks.timing import (
     Clock,
-    Size,
     add_common_args,
     autocast,
-    build_peer,
     datasheet_tflops,
-    environment,
-    forward_flops,
     matmul_tflops,
     median,
-    ours_config,
-    print_table,
     setup,
-    size_record,
     time_calls,
     time_interleaved,
-    write_results,
 )
 from vision_attn.models import VisionAttnModel, text_loss
 
@@ -323,39 +316,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log.info("%s: %s at %.1f TFLOP/s; size %s, batch %d", device, peak_what, peak, size.name, args.batch)
     raw = measure(args)
     rows = summarise(args, raw, peak, datasheet)
-    print(f"\n## Training throughput: {size.name}, batch {args.batch}, text {args.text_len}, {device}\n")
-    print_table(
+    columns = [("variant", "variant", "s"), ("what", "what", "s"), ("images_per_s", "images/s", ".1f"),
+               ("tokens_per_s", "tokens/s", ".0f"), ("step_ms", "step ms", ".1f"), ("peak_mem_gb", "peak GiB", ".1f"),
+               ("tflops", "TFLOP/s", ".2f"), ("mfu_measured_peak", "MFU (measured)", ".1%"),
+               ("mfu_datasheet", "MFU (datasheet)", ".1%"), ("vs_peer", "x peer", ".2f")]  # fmt: skip
+    return report(
+        "train_throughput",
+        f"Training throughput: {size.name}, batch {args.batch}, text {args.text_len}, {device}",
         rows,
-        [
-            ("variant", "variant", "s"),
-            ("what", "what", "s"),
-            ("images_per_s", "images/s", ".1f"),
-            ("tokens_per_s", "tokens/s", ".0f"),
-            ("step_ms", "step ms", ".1f"),
-            ("peak_mem_gb", "peak GiB", ".1f"),
-            ("tflops", "TFLOP/s", ".2f"),
-            ("mfu_measured_peak", "MFU (measured)", ".1%"),
-            ("mfu_datasheet", "MFU (datasheet)", ".1%"),
-            ("vs_peer", "x peer", ".2f"),
-        ],
+        columns,
+        (device, argv, size, args.out),
+        batch=args.batch,
+        text_len=args.text_len,
+        steps=args.steps,
+        warmup=args.warmup,
+        compile=args.compile,
+        precision="bf16 autocast" if device.type == "cuda" else "float32",
+        peak_tflops_measured=peak,
+        peak_measured_with=peak_what,
+        peak_tflops_datasheet=datasheet,
     )
-    payload = {
-        "benchmark": "train_throughput",
-        "environment": environment(device, "train_throughput", argv),
-        "size": size_record(size),
-        "batch": args.batch,
-        "text_len": args.text_len,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "compile": args.compile,
-        "precision": "bf16 autocast" if device.type == "cuda" else "float32",
-        "peak_tflops_measured": peak,
-        "peak_measured_with": peak_what,
-        "peak_tflops_datasheet": datasheet,
-        "results": rows,
-    }
-    write_results(args.out, payload)
-    return payload
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def test_generate_latency_writes_results(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_forward_flops_formula_counts_every_matmul(monkeypatch: pytest.MonkeyPatch):
     """The formula equals torch's FLOP counter (attention through the math kernel, which it can count)."""
-    common = bench("common", monkeypatch)
+    common = bench("peers", monkeypatch)
     from vision_attn.models import VisionAttnModel
 
     size = common.Size("t", 32, 8, 32, 2, 2, "patch", True, 32, 2, 2, 60)
