@@ -152,6 +152,6 @@ class LastCheckpoint(Callback):
         if trainer.sanity_checking or trainer.fast_dev_run or trainer.global_step == self._saved_step:
             return
         path = self.path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the whole state: a resume needs the optimizer too
         self._saved_step, self._saved_at = trainer.global_step, time.monotonic()
         log.info("wrote %s at step %d", path, trainer.global_step)

@@ -155,3 +155,38 @@ def test_tokenizer_file_is_used_as_it_is(synthetic_root: Path, tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["given.json"]  # nothing trained or written
     dm.setup("fit")
     assert dm.tokenizer.get_vocab() == load_tokenizer(given).get_vocab()
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Each item: what Python's `random` gives in the worker that loads it (caption and question sampling use it)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> float:
+        import random
+
+        return random.random()
+
+
+def test_loader_workers_are_seeded_as_lightning_seeds_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our `worker_init_fn` replaces the one Lightning adds after `seed_everything(workers=True)` (what LightningCLI's
+    `seed_everything` does), so it must seed the workers the same way: the same draws as Lightning's own."""
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)  # seed_everything sets it: restored after the test
+
+    def draws(init) -> list[float]:
+        L.seed_everything(7, workers=True)
+        loader = torch.utils.data.DataLoader(_Draws(), batch_size=None, num_workers=1, worker_init_fn=init)
+        return [float(x) for x in loader]
+
+    ours = draws(datamodule.die_with_parent)
+    assert ours == draws(pl_worker_init_function)
+    assert ours == draws(datamodule.die_with_parent)  # reproducible
+    monkeypatch.setenv("PL_SEED_WORKERS", "0")
+    L.seed_everything(7, workers=False)
+    loader = torch.utils.data.DataLoader(
+        _Draws(), batch_size=None, num_workers=1, worker_init_fn=datamodule.die_with_parent
+    )
+    assert [float(x) for x in loader] != ours  # without workers=True, torch's own worker seeding

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
 
@@ -38,7 +39,11 @@ def die_with_parent(worker_id: int) -> None:
     After a `kill -9` of the trainer, a worker blocked writing a finished batch into the dead parent's pipe never
     reaches PyTorch's check that its parent is alive (one stayed 13 minutes, holding 560 MB). Linux delivers
     SIGKILL to a process whose parent dies when asked to (`prctl(PR_SET_PDEATHSIG)`); elsewhere nothing changes.
+    A loader with a `worker_init_fn` of its own no longer gets Lightning's, so this one also does what Lightning's
+    would have: seed the worker from the global seed and the rank after `seed_everything(workers=True)`.
     """
+    if int(os.environ.get("PL_SEED_WORKERS", "0")):
+        pl_worker_init_function(worker_id)
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
