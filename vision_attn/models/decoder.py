@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 from vision_attn.config import DecoderConfig
@@ -85,10 +86,11 @@ class TextDecoder(nn.Module):
 
     def forward(self, input_ids: Tensor, image_kv: list[tuple[Tensor, Tensor]]) -> Tensor:
         """Teacher forcing: input_ids [B, T] (right-padded, positions 0..T-1) -> logits [B, T, V], causal."""
-        T = input_ids.shape[1]
+        B, T = input_ids.shape
         if T > self.cfg.max_len:
             raise ValueError(f"text of {T} tokens exceeds decoder.max_len={self.cfg.max_len}")
-        x = self.tok_emb(input_ids) + self.pos_emb.weight[:T]  # [B, T, C]
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        x = self.tok_emb(input_ids) + self.pos_emb(positions)  # [B, T, C]
         for block, kv in zip(self.blocks, image_kv, strict=True):
             x = block(x, kv)
         return self.lm_head(self.norm(x))
