@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -38,17 +36,16 @@ class VisionAttnCLI(LightningCLI):
         return trainer
 
 
+USER_ERRORS = (DataFormatError, CheckpointError)  # what `train.py` reports in one line: bad data, a damaged checkpoint
+
+
 def main(args: list[str] | None = None, run: bool = True) -> VisionAttnCLI:
-    """Build (and run) the CLI. Bad data and damaged checkpoints end it with one `error:` line and exit code 2."""
-    try:
-        return VisionAttnCLI(
-            VisionAttnModule,
-            VisionAttnDataModule,
-            args=args,
-            run=run,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-        )
-    except (DataFormatError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Build (and run) the CLI; bad data and damaged checkpoints raise one of `USER_ERRORS`, naming the file."""
+    return VisionAttnCLI(
+        VisionAttnModule,
+        VisionAttnDataModule,
+        args=args,
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
