@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import torch
 from PIL import Image
 from serving import (
     IMAGES,
@@ -45,6 +46,21 @@ VQA, CAPTION = "/v1/vqa", "/v1/caption"
 @pytest.fixture(scope="module")
 def server(served: RunningServer) -> str:
     return served.url
+
+
+def test_a_photo_is_decoded_as_the_pipeline_decodes_it(serve_pipe: Pipeline) -> None:
+    """The server decodes a request's image with the Pipeline's own loader: a 640x480 JPEG at libjpeg's reduced
+    scale (320x240 for this 32-px model), giving the model the very pixels `Pipeline.caption(bytes)` gives it
+    (before, the server decoded it whole)."""
+    from vision_attn.serving.app import _decode_image
+
+    buf = io.BytesIO()
+    photo = Image.new("RGB", (640, 480))
+    photo.putdata([(x * 255 // 639, y * 255 // 479, 90) for y in range(480) for x in range(640)])
+    photo.save(buf, format="JPEG", quality=90)
+    decoded = _decode_image(serve_pipe, buf.getvalue())
+    assert decoded.size == (320, 240)
+    assert torch.equal(serve_pipe.preprocess(decoded), serve_pipe.preprocess(buf.getvalue()))
 
 
 def test_health_is_text_and_openapi_documents_both_routes(server: str) -> None:

@@ -75,8 +75,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vision_attn.data.errors import ImageLoadError
-    from vision_attn.data.images import find_images, load_image
-    from vision_attn.data.transforms import draft_side
+    from vision_attn.data.images import find_images
     from vision_attn.inference import Pipeline
     from vision_attn.tasks import GenerationConfig
 
@@ -84,7 +83,6 @@ def cmd_caption(args: argparse.Namespace) -> int:
         args.model, args.device, args.batch_size, compile=args.compile, max_pixels=args.max_pixels
     )
     config = GenerationConfig(num_beams=args.num_beams)
-    side = draft_side(pipe.model.config.encoder.image_size)
     paths = find_images(args.paths)
     failed = 0
     pictures = _PictureNames(args.attention_dir)
@@ -95,7 +93,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         chunk, loaded = paths[start : start + args.batch_size], []
         for path in chunk:
             try:
-                image = load_image(path, args.max_pixels, side)
+                image = pipe.loader.load(path)
             except ImageLoadError as e:  # one line naming the file; the rest are still captioned
                 tqdm.write(f"error: {e}", file=sys.stderr)
                 failed += 1
@@ -157,8 +155,6 @@ def _layer(value: str) -> int | str:
 def cmd_vqa(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from vision_attn.data.images import load_image
-    from vision_attn.data.transforms import draft_side
     from vision_attn.inference import Pipeline
     from vision_attn.tasks import GenerationConfig
 
@@ -181,7 +177,7 @@ def cmd_vqa(args: argparse.Namespace) -> int:
         ans = pipe.answer(args.image, args.question, config)
         print(json.dumps({**row, "answer": ans}) if args.json else ans)
         return 0
-    image = load_image(args.image, args.max_pixels, draft_side(pipe.model.config.encoder.image_size))
+    image = pipe.loader.load(args.image)
     res = pipe.answer_maps(image, args.question, config, args.attention_layer)
     image.thumbnail((PICTURE_SIDE, PICTURE_SIDE))
     title = f"Q: {args.question}   A: {res.text}"

@@ -16,9 +16,9 @@ from PIL import Image
 from torch import Tensor
 
 from vision_attn.attention_maps import DEFAULT_LAYER, AttentionResult
-from vision_attn.data.images import MAX_PIXELS, load_image
+from vision_attn.data.images import MAX_PIXELS
 from vision_attn.data.tokenizer import TextCodec, load_tokenizer
-from vision_attn.data.transforms import draft_side, image_transform
+from vision_attn.data.transforms import ImageLoader
 from vision_attn.decoding import CompiledDecoder
 from vision_attn.models import ModelFolderError, VisionAttnModel
 from vision_attn.tasks import Config, Layer, RankedAnswer, Ranking, Tasks, check_questions
@@ -77,8 +77,7 @@ class Pipeline:
         self.device = device
         self.batch_size = batch_size
         self.bf16 = bf16 if bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
-        self.transform = image_transform(model.config.encoder.image_size)
-        self.max_pixels = max_pixels
+        self.loader = ImageLoader(model.config.encoder.image_size, max_pixels)
         self.tasks = Tasks(self.model, codec, CompiledDecoder(self.model) if compile else None)
 
     @classmethod
@@ -131,7 +130,7 @@ class Pipeline:
             if image.is_floating_point():
                 image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
             image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
-        return self.transform(load_image(image, self.max_pixels, draft_side(size)))
+        return self.loader(image)
 
     # ---- captions: one per image ----
 

@@ -134,6 +134,23 @@ def test_every_rank_loads_the_tokenizer_prepare_data_wrote(
     assert rank1.tokenizer is tokenizer
 
 
+def test_prepare_data_and_setup_parse_the_training_json_once_in_one_process(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process that trains the tokenizer keeps the records it read for its `setup`; another reads its own."""
+    reads: list[str] = []
+    real = datamodule.read_split
+    monkeypatch.setattr(datamodule, "read_split", lambda root, split: reads.append(split) or real(root, split))
+    out = str(tmp_path / "tokenizer.json")
+    rank0, rank1 = (VisionAttnDataModule(root=str(synthetic_root), tokenizer_out=out) for _ in range(2))
+    rank0.prepare_data()
+    rank0.setup("fit")
+    assert reads == ["train", "val"]
+    rank1.setup("fit")
+    assert reads == ["train", "val", "train", "val"]
+    assert rank0.train_records == rank1.train_records and len(rank0.train_records) == 48
+
+
 def test_tokenizer_goes_to_the_trainers_root_dir(synthetic_root: Path, tmp_path: Path) -> None:
     dm = VisionAttnDataModule(root=str(synthetic_root))
     with pytest.raises(ValueError, match="data.tokenizer_out: not set and no Trainer"):

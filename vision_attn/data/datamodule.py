@@ -141,7 +141,10 @@ class VisionAttnDataModule(L.LightningDataModule):
         if self.hparams.tokenizer_file:
             return
         path = self.tokenizer_path
-        tokenizer = train_tokenizer(training_text(self._read(train=True)), self.hparams.vocab_size)
+        # kept for this process's `setup`, which would otherwise parse the training json a second time (seconds and
+        # gigabytes for VQAv2); every other process reads its own in `setup`
+        self.train_records = self._read(train=True)
+        tokenizer = train_tokenizer(training_text(self.train_records), self.hparams.vocab_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         save_tokenizer(tokenizer, partial)

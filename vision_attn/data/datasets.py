@@ -13,10 +13,9 @@ from typing import Any, Literal
 from torch.utils.data import Dataset
 
 from vision_attn.data.errors import ImageLoadError
-from vision_attn.data.images import MAX_PIXELS, load_image
 from vision_attn.data.records import ImageRecord
 from vision_attn.data.tokenizer import TextCodec
-from vision_attn.data.transforms import draft_side, image_transform
+from vision_attn.data.transforms import ImageLoader
 from vision_attn.tasks import caption_prompt, vqa_prompt
 
 log = logging.getLogger(__name__)
@@ -38,8 +37,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, records: list[ImageRecord], image_size: int) -> None:
         self.records = records
-        self.transform = image_transform(image_size)
-        self.draft_side = draft_side(image_size)  # decoded as the Pipeline decodes it
+        self.load = ImageLoader(image_size)  # decoded as the Pipeline decodes it
 
     def __len__(self) -> int:
         return len(self.records)
@@ -47,7 +45,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         record = self.records[i]
         try:
-            image = self.transform(load_image(record.path, MAX_PIXELS, self.draft_side))
+            image = self.load(record.path)
         except ImageLoadError as e:
             log.warning("skipping unreadable image: %s", e)
             return None

@@ -5,9 +5,14 @@ quarter of the bytes through the loader, pinned memory and the host-to-GPU copy,
 worker (benchmarks/README.md, "Data loading").
 """
 
+from __future__ import annotations
+
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision.transforms import v2
+
+from vision_attn.data.images import MAX_PIXELS, ImageSource, load_image
 
 # timm's ViT weights (augreg) are trained with mean = std = 0.5; random-init models do not care.
 MEAN = (0.5, 0.5, 0.5)
@@ -19,10 +24,24 @@ def image_transform(image_size: int) -> v2.Compose:
     return v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)])
 
 
-def draft_side(image_size: int) -> int:
-    """The side a JPEG is decoded down to at least (`load_image(draft_side=...)`) for a model of `image_size`: four
-    times it, so the resize to the model's input still averages many source pixels."""
-    return 4 * image_size
+class ImageLoader:
+    """An image (path, bytes or PIL image) -> the model's input, uint8 [3, S, S], decoded the same way by every
+    caller (training, evaluation, the Pipeline, the commands, the server), so they all see the same pixels.
+
+    A JPEG is decoded at a reduced scale (`load_image`'s `draft_side`), never below four times the model's input, so
+    the resize still averages many source pixels; an image over `max_pixels` is refused before it is decoded.
+    """
+
+    def __init__(self, image_size: int, max_pixels: int | None = MAX_PIXELS) -> None:
+        self.max_pixels, self.draft_side = max_pixels, 4 * image_size
+        self.transform = image_transform(image_size)
+
+    def load(self, source: ImageSource) -> Image.Image:
+        """The decoded RGB image, before the resize (what the attention pictures draw)."""
+        return load_image(source, self.max_pixels, self.draft_side)
+
+    def __call__(self, source: ImageSource) -> Tensor:
+        return self.transform(self.load(source))
 
 
 def pixel_stats() -> tuple[Tensor, Tensor]:

@@ -26,7 +26,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from vision_attn.data.errors import ImageLoadError
-from vision_attn.data.images import load_image
 from vision_attn.inference import Pipeline
 from vision_attn.serving.batcher import Batcher, BatcherStopped, RunGroup, WaitTimeout
 from vision_attn.serving.body import JSON, MULTIPART, RequestError, read_fields
@@ -91,7 +90,7 @@ def build_app(pipe: Pipeline, options: ServeOptions) -> FastAPI:
                 422,
                 f"field 'question' is {n} tokens with the prompt; this model takes at most {max_prompt_tokens(pipe)}",
             )
-        image = await run_in_threadpool(_decode_image, req.image, limits.max_pixels)
+        image = await run_in_threadpool(_decode_image, pipe, req.image)
         settings = Settings(
             top_k=getattr(req, "top_k", 1), num_beams=getattr(req, "num_beams", 1), attention=req.return_attention
         )
@@ -141,9 +140,10 @@ def _group_runner(pipe: Pipeline) -> RunGroup:
     return run_group
 
 
-def _decode_image(data: bytes, max_pixels: int) -> Image.Image:
+def _decode_image(pipe: Pipeline, data: bytes) -> Image.Image:
+    """The request's image, decoded as the Pipeline decodes any image (its loader: JPEG draft, the pixel limit)."""
     try:
-        return load_image(data, max_pixels=max_pixels)
+        return pipe.loader.load(data)
     except ImageLoadError as e:
         raise RequestError(422, str(e).replace("<bytes>", "field 'image'")) from None
 

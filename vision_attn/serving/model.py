@@ -95,7 +95,7 @@ def max_len(pipe: Pipeline) -> int:
     return pipe.model.config.decoder.max_len
 
 
-def load_pipeline(model_dir: str | Path, device: str, batch_size: int) -> Pipeline:
-    """The model in `model_dir` (from `vision-attn export`); a bad folder raises `models.ModelFolderError` naming
-    the file and what is wrong with it (`Pipeline.from_pretrained` checks each file)."""
-    return Pipeline.from_pretrained(model_dir, device=device, batch_size=batch_size)
+def load_pipeline(model_dir: str | Path, device: str, batch_size: int, max_pixels: int) -> Pipeline:
+    """The model in `model_dir` (from `vision-attn export`), refusing images over `max_pixels`; a bad folder raises
+    `models.ModelFolderError` naming the file and what is wrong with it (`Pipeline.from_pretrained` checks each)."""
+    return Pipeline.from_pretrained(model_dir, device=device, batch_size=batch_size, max_pixels=max_pixels)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def build_server(model_dir: str | Path, options: ServeOptions) -> uvicorn.Server:
     """The server for the model in `model_dir`, not yet bound; raises `ValueError` (`ModelFolderError` among
     them) naming what is wrong."""
-    pipe = load_pipeline(model_dir, options.device, options.max_batch_size)
+    pipe = load_pipeline(model_dir, options.device, options.max_batch_size, options.limits.max_pixels)
     # The process is ours from here (the model loaded): its torch threads and log level.
     torch.set_num_threads(options.torch_threads)
     logging.getLogger("vision_attn").setLevel(options.log_level.upper())
