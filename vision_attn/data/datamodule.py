@@ -110,6 +110,7 @@ class VisionAttnDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         # all set by setup
         self.train_records: list[ImageRecord] = []
+        self._prepared_train: list[ImageRecord] = []  # read by prepare_data, for setup("fit") in the same process
         self.val_records: list[ImageRecord] = []
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self.codec: TextCodec | None = None
@@ -141,10 +142,10 @@ class VisionAttnDataModule(L.LightningDataModule):
         if self.hparams.tokenizer_file:
             return
         path = self.tokenizer_path
-        # kept for this process's `setup`, which would otherwise parse the training json a second time (seconds and
-        # gigabytes for VQAv2); every other process reads its own in `setup`
-        self.train_records = self._read(train=True)
-        tokenizer = train_tokenizer(training_text(self.train_records), self.hparams.vocab_size)
+        # kept for this process's `setup("fit")`, which would otherwise parse the training json a second time
+        # (seconds and gigabytes for VQAv2); every other process reads its own in `setup`
+        self._prepared_train = self._read(train=True)
+        tokenizer = train_tokenizer(training_text(self._prepared_train), self.hparams.vocab_size)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}")
         save_tokenizer(tokenizer, partial)
@@ -159,7 +160,8 @@ class VisionAttnDataModule(L.LightningDataModule):
             FileNotFoundError: there is no tokenizer file (`prepare_data` has not run, and no `tokenizer_file`).
         """
         if stage in (None, "fit") and not self.train_records:
-            self.train_records = self._read(train=True)
+            self.train_records = self._prepared_train or self._read(train=True)
+        self._prepared_train = []  # validate, test and predict need no training records
         if not self.val_records:
             self.val_records = self._read(train=False)[: self.hparams.val_max_images]
         if self.tokenizer is None:
