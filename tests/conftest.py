@@ -39,6 +39,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def codec_of(records: list[ImageRecord]) -> TextCodec:
+    """A codec whose tokenizer is trained on the records' captions, questions and answers."""
+    from vision_attn.data.tokenizer import train_tokenizer
+
+    texts = [t for r in records for t in r.captions + [x for q in r.questions for x in (q.question, q.answer)]]
+    return TextCodec(train_tokenizer(texts))
+
+
+def quiet_trainer(**kw: object):
+    """A Lightning Trainer that logs, checkpoints and prints nothing a test did not ask for; `kw` as Trainer takes."""
+    import lightning as L
+
+    quiet = {
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+    }
+    return L.Trainer(**{**quiet, **kw})
+
+
 def tiny_config(vocab_size: int = VOCAB, max_len: int = MAX_LEN) -> ModelConfig:
     """Encoder 32 px / patch 8 (16 image tokens), width 32 -> decoder width 48, 2 decoder layers."""
     return ModelConfig(
@@ -155,14 +176,10 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> TrainedTiny:
             lr=2e-3,
             warmup_steps=30,
         )
-        trainer = L.Trainer(
+        trainer = quiet_trainer(
             default_root_dir=str(root.parent),  # where the DataModule writes its tokenizer
             max_epochs=4,
             limit_val_batches=0,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
             accelerator="cpu",
         )
         trainer.fit(module, dm)

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 from torch import Tensor
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
@@ -145,17 +145,13 @@ def test_trainer_with_the_datamodule_runs_on_the_gpu(synthetic_root: Path, tmp_p
         val_answer_tokens=4,
         tokenizer=dm.tokenizer,
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="gpu",
         devices=1,
         precision="bf16-mixed",
         max_steps=6,  # one epoch of the 48 images, then validation
         limit_val_batches=1,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=str(tmp_path),
     )
     trainer.fit(module, dm)

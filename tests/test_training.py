@@ -18,6 +18,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from conftest import quiet_trainer
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
@@ -70,18 +71,8 @@ def module(tokenizer: PreTrainedTokenizerFast | None = None) -> VisionAttnModule
 
 
 def trainer(root_dir: Path, **kw: Any) -> L.Trainer:
-    defaults: dict[str, Any] = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "default_root_dir": str(root_dir),
-    }
-    return L.Trainer(**{**defaults, **kw})
+    defaults = {"accelerator": "cpu", "devices": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0}
+    return quiet_trainer(**{**defaults, "default_root_dir": str(root_dir), **kw})
 
 
 def read_metrics_csv(root: Path) -> list[dict[str, str]]:

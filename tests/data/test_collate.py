@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import codec_of
 
 from vision_attn.data.collate import collate, collate_images, length_buckets
 from vision_attn.data.datasets import ImageDataset, ImageTextDataset
 from vision_attn.data.layout import read_split
 from vision_attn.data.records import ImageRecord
-from vision_attn.data.tokenizer import IGNORE, TextCodec, train_tokenizer
+from vision_attn.data.tokenizer import IGNORE, TextCodec
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,7 @@ def records(synthetic_root: Path) -> list[ImageRecord]:
 
 @pytest.fixture(scope="module")
 def codec(records: list[ImageRecord]) -> TextCodec:
-    texts = [t for r in records for t in r.captions + [x for q in r.questions for x in (q.question, q.answer)]]
-    return TextCodec(train_tokenizer(texts))
+    return codec_of(records)
 
 
 def test_collate_pads_labels_and_counts_skipped(records: list[ImageRecord], codec: TextCodec) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import codec_of
 
 from vision_attn.data.datasets import TASKS, ImageDataset, ImageTextDataset
 from vision_attn.data.layout import read_split
@@ -24,8 +25,7 @@ def records(synthetic_root: Path) -> list[ImageRecord]:
 
 @pytest.fixture(scope="module")
 def codec(records: list[ImageRecord]) -> TextCodec:
-    texts = [t for r in records for t in r.captions + [x for q in r.questions for x in (q.question, q.answer)]]
-    return TextCodec(train_tokenizer(texts))
+    return codec_of(records)
 
 
 def test_image_dataset_items(records: list[ImageRecord]) -> None:

@@ -83,46 +83,50 @@ def test_answers_not_a_list(tmp_path: Path) -> None:
     expect_error(r"annotations\.json: annotations\[1\]\.answers must be a list, got str", read_vqa, q, a, tmp_path)
 
 
-def test_answer_entry_not_string(tmp_path: Path) -> None:
+def _set(path: tuple, value: object):
+    """An edit of the annotations json: set data[path[0]][path[1]]... to `value`."""
+
+    def edit(data: dict) -> None:
+        *head, last = path
+        for key in head:
+            data = data[key]
+        data[last] = value
+
+    return edit
+
+
+DAMAGED_ANNOTATIONS = {  # name: (edit of the annotations json, the error it must give)
+    "answer entry not a string": (
+        _set(("annotations", 0, "answers", 3, "answer"), None),
+        r"a\.json: annotations\[0\]\.answers\[3\]\.answer must be a string, got null",
+    ),
+    "annotation without question": (
+        lambda data: data["annotations"].append(answers(5555, 9, "cat")),
+        r"a\.json: annotations\[3\]\.question_id 5555 has no question in .*q\.json",
+    ),
+    "annotation image mismatch": (
+        _set(("annotations", 2, "image_id"), 9),
+        r"a\.json: annotations\[2\]\.image_id 9 does not match image_id 42",
+    ),
+    "question annotated twice": (
+        lambda data: data["annotations"].append(answers(9001, 9, "no", "yes/no")),
+        r"a\.json: annotations\[3\]\.question_id 9001 is annotated twice",
+    ),
+    "question without annotation": (
+        lambda data: data["annotations"].pop(1),
+        r"a\.json: 1 of 3 questions .* no annotation \(first question_id 9001\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGED_ANNOTATIONS))
+def test_damaged_annotations_name_the_entry(tmp_path: Path, name: str) -> None:
+    damage, error = DAMAGED_ANNOTATIONS[name]
     data = annotations()
-    data["annotations"][0]["answers"][3]["answer"] = None
+    damage(data)
     q = write(tmp_path / "q.json", questions())
     a = write(tmp_path / "a.json", data)
-    expect_error(
-        r"a\.json: annotations\[0\]\.answers\[3\]\.answer must be a string, got null", read_vqa, q, a, tmp_path
-    )
-
-
-def test_annotation_without_question(tmp_path: Path) -> None:
-    data = annotations()
-    data["annotations"].append(answers(5555, 9, "cat"))
-    q = write(tmp_path / "q.json", questions())
-    a = write(tmp_path / "a.json", data)
-    expect_error(r"a\.json: annotations\[3\]\.question_id 5555 has no question in .*q\.json", read_vqa, q, a, tmp_path)
-
-
-def test_annotation_image_mismatch(tmp_path: Path) -> None:
-    data = annotations()
-    data["annotations"][2]["image_id"] = 9
-    q = write(tmp_path / "q.json", questions())
-    a = write(tmp_path / "a.json", data)
-    expect_error(r"a\.json: annotations\[2\]\.image_id 9 does not match image_id 42", read_vqa, q, a, tmp_path)
-
-
-def test_question_annotated_twice(tmp_path: Path) -> None:
-    data = annotations()
-    data["annotations"].append(answers(9001, 9, "no", "yes/no"))
-    q = write(tmp_path / "q.json", questions())
-    a = write(tmp_path / "a.json", data)
-    expect_error(r"a\.json: annotations\[3\]\.question_id 9001 is annotated twice", read_vqa, q, a, tmp_path)
-
-
-def test_question_without_annotation(tmp_path: Path) -> None:
-    data = annotations()
-    del data["annotations"][1]
-    q = write(tmp_path / "q.json", questions())
-    a = write(tmp_path / "a.json", data)
-    expect_error(r"a\.json: 1 of 3 questions .* no annotation \(first question_id 9001\)", read_vqa, q, a, tmp_path)
+    expect_error(error, read_vqa, q, a, tmp_path)
 
 
 def test_duplicate_question_id(tmp_path: Path) -> None:
