@@ -70,7 +70,7 @@ def test_decoder_prefill_and_steps_equal_full_forward(tiny_model: VisionAttnMode
     with torch.no_grad():
         kv = dec.image_kv(tiny_model.encode(images))
         full = dec(ids, kv)  # [4, 9, V]
-        buffers = DecodeBuffers.allocate(cfg.num_heads, cfg.max_len, cfg.dim // cfg.num_heads, kv)
+        buffers = DecodeBuffers.allocate(cfg, cfg.max_len, kv)
         buffers.start(torch.ones(4, 4, dtype=torch.bool))
         parts = [dec.prefill(ids[:, :4], buffers)]
         for t in range(4, 9):

@@ -77,19 +77,47 @@ class EncoderConfig(StackConfig):
 class DecoderConfig(StackConfig):
     """The text decoder: pre-norm blocks of causal self-attention, cross-attention to patches, and MLP.
 
+    Three families share one decoder. "base" (from scratch): LayerNorm, learned positions, GELU MLP, and
+    cross-attention in every block. "gpt2" and "llama" are the layouts of those pretrained language models
+    (GPT-2: LayerNorm, learned positions, GELU; Llama, SmolLM2, Qwen2: RMSNorm, rotary positions, SwiGLU,
+    grouped-query attention), with a cross-attention sublayer behind a tanh gate that starts closed. Set
+    `pretrained` to a local Hugging Face causal-LM folder and the family and every size below come from its
+    `config.json` (`models.pretrained.lm_config`); only `max_len`, `dropout` and `cross_attn_every` stay yours.
+
     Args:
         dim: token width.
         depth: number of blocks.
         num_heads: attention heads per block.
-        mlp_ratio: MLP hidden width over `dim`.
+        mlp_ratio: MLP hidden width over `dim` (unless `mlp_dim` is set).
         vocab_size: set from the tokenizer (0 means "not yet known").
         max_len: longest prompt + generated text, in tokens (size of the position table and KV cache).
         dropout: dropout on residual branches.
+        family: "base", "gpt2" or "llama" (see above).
+        pretrained: a local Hugging Face causal-LM folder (`config.json`, `model.safetensors`, `tokenizer.json`)
+            whose weights and tokenizer the decoder starts from.
+        cross_attn_every: cross-attention in every k-th block (the last block always has one).
+        num_kv_heads: key/value heads (grouped-query attention); None = num_heads.
+        mlp_dim: MLP hidden width; None = dim * mlp_ratio.
+        norm_eps: epsilon of the norms.
+        rope_theta: base of the rotary frequencies (llama family).
+        rope_scaling: Llama 3's rotary scaling parameters (llama family), or None.
+        qkv_bias: bias on the query/key/value projection (llama family: Qwen2 has one, Llama does not).
+        tie_embeddings: the LM head shares the token embedding matrix.
     """
 
     vocab_size: int = 0
     max_len: int = 64
     dropout: float = 0.0
+    family: Literal["base", "gpt2", "llama"] = "base"
+    pretrained: str | None = None
+    cross_attn_every: int = 1
+    num_kv_heads: int | None = None
+    mlp_dim: int | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, float] | None = None
+    qkv_bias: bool = True
+    tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
         self.check_heads("decoder")
@@ -97,6 +125,21 @@ class DecoderConfig(StackConfig):
             raise ValueError(f"decoder.dim={self.dim} must be a multiple of 4 (2-D sin-cos positions of the patches)")
         if self.max_len < 16:
             raise ValueError(f"decoder.max_len={self.max_len} is too short; use at least 16")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"decoder.num_heads={self.num_heads} must be a multiple of decoder.num_kv_heads={self.num_kv_heads}"
+            )
+        if not 1 <= self.cross_attn_every <= self.depth:
+            raise ValueError(f"decoder.cross_attn_every={self.cross_attn_every} must be in 1..depth ({self.depth})")
+
+    @property
+    def hidden_dim(self) -> int:
+        """The MLP's hidden width."""
+        return self.mlp_dim or int(self.dim * self.mlp_ratio)
+
+    def has_cross_attn(self, block: int) -> bool:
+        """Whether block `block` (0-based) attends to the image: every k-th, counted so that the last one does."""
+        return (self.depth - 1 - block) % self.cross_attn_every == 0
 
 
 @dataclass

@@ -27,7 +27,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> VisionAttnM
     if extra is None:
         raise ValueError(f"{ckpt_path} was not written by vision-attn's train.py (no 'vision_attn' entry)")
     cfg_dict = dict(extra["model_config"])
-    cfg_dict["encoder"] = {**cfg_dict["encoder"], "pretrained": None}
+    cfg_dict["encoder"] = {**cfg_dict["encoder"], "pretrained": None}  # the weights are in the checkpoint
+    cfg_dict["decoder"] = {**cfg_dict["decoder"], "pretrained": None}
     model = VisionAttnModel(ModelConfig.from_dict(cfg_dict))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)

@@ -212,7 +212,7 @@ class Tasks:
         beams = max(top_k, config.num_beams, 2)  # 1 beam = greedy, which ranks nothing
         config = replace(config, num_beams=beams, length_penalty=0.0)
         if maps is not None:
-            check_layer(maps, len(self.model.decoder.blocks))
+            check_layer(maps, len(self.model.decoder.cross_attns))
         out = self._generate(images, self._vqa_prompts(questions), config, image_index, maps is not None)
         results = [None] * len(questions) if maps is None else self._results(out, images, image_index, maps)
         rankings = []
@@ -257,7 +257,7 @@ class Tasks:
         image_index: Tensor | None,
         layer: AttentionLayer,
     ) -> list[AttentionResult]:
-        check_layer(layer, len(self.model.decoder.blocks))  # before the work, not after it
+        check_layer(layer, len(self.model.decoder.cross_attns))  # before the work, not after it
         return self._results(self._generate(images, prompts, config, image_index, True), images, image_index, layer)
 
     def _results(

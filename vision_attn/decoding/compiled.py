@@ -43,14 +43,15 @@ class CompiledDecoder:
         output at the next replay."""
         return self._compiled(self.decoder, tokens, buffers).clone()
 
-    def buffers(self, heads: int, length: int, head_dim: int, image_kv: list[tuple[Tensor, Tensor]]) -> DecodeBuffers:
-        """Buffers for caches of at least `length` slots, holding a copy of `image_kv` (per layer 2x[R, H, N, D])."""
+    def buffers(self, length: int, image_kv: list[tuple[Tensor, Tensor]]) -> DecodeBuffers:
+        """Buffers for caches of at least `length` slots, holding a copy of `image_kv` (per cross-attention layer
+        2x[R, H, N, D])."""
         k = image_kv[0][0]
         L = min(1 << (length - 1).bit_length(), self.max_len)
         key = (*k.shape, L, k.dtype, k.device)
         if key not in self._buffers:
             own = [(k.clone(), v.clone()) for k, v in image_kv]
-            buf = DecodeBuffers.allocate(heads, L, head_dim, own)
+            buf = DecodeBuffers.allocate(self.decoder.cfg, L, own)
             for t in buf.tensors():
                 torch._dynamo.mark_static_address(t)  # read in place by the CUDA graph, not copied in
             self._buffers[key] = buf

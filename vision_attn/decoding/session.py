@@ -21,6 +21,7 @@ from torch import Tensor
 from vision_attn.layers import AttentionRecorder, KVCache
 
 if TYPE_CHECKING:
+    from vision_attn.config import DecoderConfig
     from vision_attn.decoding.compiled import CompiledDecoder
     from vision_attn.models import VisionAttnModel
 
@@ -29,19 +30,21 @@ if TYPE_CHECKING:
 class DecodeBuffers:
     """What a decoding step reads and writes besides the weights: the KV cache's rules in one place."""
 
-    caches: list[KVCache]  # per layer [R, H, L, D]
-    image_kv: list[tuple[Tensor, Tensor]]  # per layer 2x[R, H, N, D]
+    caches: list[KVCache]  # per block [R, KV, L, D]
+    image_kv: list[tuple[Tensor, Tensor]]  # per cross-attention layer 2x[R, H, N, D]
     key_valid: Tensor  # [R, L] bool: cache slots that hold a (non-padding) token
     next_pos: Tensor  # [R] long: position of each row's next token
     slot: Tensor  # [1] long: cache slot of the next token (the same for every row)
 
     @classmethod
-    def allocate(cls, heads: int, length: int, head_dim: int, image_kv: list[tuple[Tensor, Tensor]]) -> DecodeBuffers:
-        """Caches of `length` slots for the rows of `image_kv` (per layer 2x[R, H, N, D], kept as given)."""
+    def allocate(cls, cfg: DecoderConfig, length: int, image_kv: list[tuple[Tensor, Tensor]]) -> DecodeBuffers:
+        """Caches of `length` slots, one per block of decoder `cfg`, for the rows of `image_kv` (per cross-attention
+        layer 2x[R, H, N, D], kept as given)."""
         k0 = image_kv[0][0]
         R, device = k0.shape[0], k0.device
+        kv_heads, head_dim = cfg.num_kv_heads or cfg.num_heads, cfg.dim // cfg.num_heads
         return cls(
-            caches=[KVCache(R, heads, length, head_dim, k0.dtype, device) for _ in image_kv],
+            caches=[KVCache(R, kv_heads, length, head_dim, k0.dtype, device) for _ in range(cfg.depth)],
             image_kv=image_kv,
             key_valid=torch.zeros(R, length, dtype=torch.bool, device=device),
             next_pos=torch.zeros(R, dtype=torch.long, device=device),
@@ -145,21 +148,21 @@ class DecodingSession:
         device = images.device
         self.prompt_ids = torch.tensor([[self.pad] * (P - len(p)) + p for p in rows], device=device)  # [R, P]
         valid = torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in rows], device=device)
-        heads, head_dim = dec.cfg.num_heads, dec.cfg.dim // dec.cfg.num_heads
         if compiled is None:  # what this batch needs: fewer keys than decoder.max_len cost less attention
-            self.buffers = DecodeBuffers.allocate(heads, P + max_new_tokens, head_dim, image_kv)
+            self.buffers = DecodeBuffers.allocate(dec.cfg, P + max_new_tokens, image_kv)
         else:  # the compiled step's buffers for this shape, reused call after call
-            self.buffers = compiled.buffers(heads, P + max_new_tokens, head_dim, image_kv)
+            self.buffers = compiled.buffers(P + max_new_tokens, image_kv)
         self.buffers.start(valid)
         self._step = dec.step if compiled is None else compiled.step
-        self.recorder = AttentionRecorder(b.cross_attn for b in dec.blocks) if record_maps else None
-        # per row and generated token, each layer's weights [R, max_new, layers, H, N]; reordered with the caches,
+        self.recorder = AttentionRecorder(dec.cross_attns) if record_maps else None
+        # per row and generated token, each cross-attention layer's weights [R, max_new, layers, H, N]; reordered
+        # with the caches,
         # so that a beam carries its own history
         self.maps: Tensor | None = None
         if record_maps:
             n_img, dtype = image_kv[0][0].shape[2], torch.promote_types(image_kv[0][0].dtype, torch.float32)
             self.maps = torch.zeros(
-                len(rows), max_new_tokens, len(dec.blocks), heads, n_img, dtype=dtype, device=device
+                len(rows), max_new_tokens, len(dec.cross_attns), dec.cfg.num_heads, n_img, dtype=dtype, device=device
             )
         self.n_maps = 0
 

@@ -1,7 +1,7 @@
 """Attention blocks of the text decoder, and a recorder that reads the cross-attention weights.
 
 Notation: B batch, T text tokens (queries), S keys (text tokens, or cache slots), N image tokens, H heads,
-D head dim, C = H * D model width.
+KV key/value heads, D head dim, C = H * D model width.
 
 Written by hand rather than taken from a library because they are the product: the decoder needs a
 preallocated cache written at slots, image keys/values computed once per image and shared by all texts (and
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from vision_attn.layers.kv_cache import KVCache
+from vision_attn.layers.positions import apply_rotary
 
 
 def attention_weights(q: Tensor, k: Tensor) -> Tensor:
@@ -25,35 +27,64 @@ def attention_weights(q: Tensor, k: Tensor) -> Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Causal multi-head self-attention with one fused qkv projection."""
+    """Causal multi-head self-attention with one fused qkv projection.
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+    Args:
+        dim: model width C = H * D.
+        num_heads: query heads H.
+        num_kv_heads: key/value heads (grouped-query attention, Llama family); None = H.
+        qkv_bias, proj_bias: biases of the qkv and output projections.
+        dropout: attention and output dropout while training.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        num_kv_heads: int | None = None,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+    ) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, (num_heads + 2 * self.num_kv_heads) * self.head_dim, bias=qkv_bias)  # [q; k; v]
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.dropout = dropout
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None, slots: Tensor | None = None
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        slots: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x [B, T, C] -> [B, T, C].
 
         mask: bool [B, 1, T, S], True where a query may attend a key; None means plain causal over x.
         cache, slots: keys/values of x are written at cache slots [T] and attention runs over the whole cache
             (S = its length), so `mask` is then required.
+        rope: (cos, sin) [B, T, D] of the tokens' positions (Llama family), or None (positions were added to x).
         """
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)  # 3x[B,H,T,D]
+        H, KV, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, KV * D, KV * D], dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+        k, v = (t.view(B, T, KV, D).transpose(1, 2) for t in (k, v))  # [B, KV, T, D]
+        if rope is not None:
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         if cache is not None:
             if mask is None or slots is None:
                 raise ValueError("attention over a KV cache needs the slots to write and a key mask")
-            k, v = cache.update(k, v, slots)  # [B, H, S, D]
+            k, v = cache.update(k, v, slots)  # [B, KV, S, D]
         drop = self.dropout if self.training else 0.0
+        gqa = KV != H  # each group of H / KV query heads shares a key/value head
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=drop)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=drop, enable_gqa=gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, enable_gqa=gqa)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))  # [B, T, C]
 
 
@@ -85,6 +116,21 @@ class CrossAttention(nn.Module):
         k, v = kv
         y = F.scaled_dot_product_attention(self.queries(x), k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class TanhGate(nn.Module):
+    """x -> tanh(alpha) * x with a scalar alpha initialised at 0 (Flamingo's gated cross-attention).
+
+    Cross-attention inserted into a pretrained language model starts closed, so that before training the
+    captioner's text logits are the language model's own; training opens it as far as the image helps.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.alpha.tanh().to(x.dtype) * x
 
 
 class AttentionRecorder:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from vision_attn.config import ModelConfig
 from vision_attn.models.decoder import TextDecoder
 from vision_attn.models.encoder import ImageEncoder
+from vision_attn.models.pretrained import lm_config, load_lm_weights
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,16 @@ class VisionAttnModel(nn.Module):
     """Image captioning and VQA in one model: the task is chosen by the text prompt."""
 
     def __init__(self, config: ModelConfig) -> None:
+        """Build the model; with `config.decoder.pretrained` the decoder's family, sizes and weights come from that
+        language model's folder (and `self.config` holds them, so that a saved model rebuilds without it)."""
         super().__init__()
+        if config.decoder.pretrained:
+            config = dataclasses.replace(config, decoder=lm_config(config.decoder))
         self.config = config
         self.encoder = ImageEncoder(config.encoder, config.decoder.dim)
         self.decoder = TextDecoder(config.decoder)
+        if config.decoder.pretrained:
+            load_lm_weights(self.decoder, config.decoder)
 
     def encode(self, images: Tensor) -> Tensor:
         """images [B, 3, H, W] -> image tokens [B, N, C]."""
@@ -64,14 +71,15 @@ class VisionAttnModel(nn.Module):
     # ---- folder format: config.json + model.safetensors (+ tokenizer.json, written by the caller) ----
 
     def save_pretrained(self, out_dir: str | Path) -> None:
-        """Write `config.json` and `model.safetensors` (tied weights stored once)."""
+        """Write `config.json` and `model.safetensors` (tied LM head and token embeddings stored once)."""
         from safetensors.torch import save_file
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        state.pop("decoder.lm_head.weight")  # tied to decoder.tok_emb.weight
+        if self.config.decoder.tie_embeddings:
+            state.pop("decoder.lm_head.weight")  # the same tensor as decoder.tok_emb.weight
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 
     @classmethod
@@ -94,7 +102,8 @@ class VisionAttnModel(nn.Module):
         model = cls(config)
         try:
             state = load_file(str(d / "model.safetensors"), device=str(device))
-            state["decoder.lm_head.weight"] = state["decoder.tok_emb.weight"]
+            if config.decoder.tie_embeddings:
+                state["decoder.lm_head.weight"] = state["decoder.tok_emb.weight"]
             model.load_state_dict(state)
         except Exception as e:  # safetensors reports a damaged file with its own error type
             why = str(e).splitlines()[0][:300]
@@ -113,7 +122,9 @@ def read_config(path: Path) -> ModelConfig:
         missing = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in cfg_dict]
         if missing:  # a folder must say everything: a default here would build another model than was saved
             raise KeyError(missing[0])
-        cfg_dict["encoder"] = {**cfg_dict["encoder"], "pretrained": None}  # the weights are in model.safetensors
+        # the weights are in model.safetensors: no pretrained files to read
+        cfg_dict["encoder"] = {**cfg_dict["encoder"], "pretrained": None}
+        cfg_dict["decoder"] = {**cfg_dict["decoder"], "pretrained": None}
         config = ModelConfig.from_dict(cfg_dict)
         if config.decoder.vocab_size <= 0:
             raise ValueError(f"decoder.vocab_size is {config.decoder.vocab_size}")

@@ -1,0 +1,103 @@
+"""Tiny pretrained language-model folders, made offline: transformers models from small configs with random
+weights, saved by `save_pretrained` with a small byte-level BPE tokenizer, as a user's downloaded folder would be.
+
+Families: "gpt2"; "llama" (grouped-query attention: 4 query heads, 2 key/value heads); "qwen2" (the same,
+with qkv biases and no BOS token).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+FAMILIES = ("gpt2", "llama", "qwen2")
+TEXTS = [
+    "a red circle left of a blue square",
+    "a green triangle above a yellow circle",
+    "question: what color is the circle? answer: red",
+    "caption: two shapes on a gray background",
+    "how many squares are there? three",
+] * 4
+# special tokens of each family's tokenizer: (bos, eos, pad); None = the tokenizer has none
+SPECIALS = {
+    "gpt2": ("<|endoftext|>", "<|endoftext|>", None),
+    "llama": ("<s>", "</s>", None),
+    "qwen2": (None, "<|endoftext|>", "<|endoftext|>"),
+}
+
+
+def tiny_tokenizer(family: str, vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    bos, eos, pad = SPECIALS[family]
+    specials = list(dict.fromkeys(t for t in (bos, eos, pad) if t))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TEXTS, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
+
+
+def tiny_lm(family: str, vocab_size: int) -> torch.nn.Module:
+    """A random causal LM of `family`; weights larger than the default init so that logits are O(1)."""
+    torch.manual_seed(0)
+    if family == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            initializer_range=0.2,
+            bos_token_id=0,
+            eos_token_id=0,  # set to the tokenizer's by make_lm_folder
+        )
+        model = GPT2LMHeadModel(cfg)
+    else:
+        cls_cfg, cls = (LlamaConfig, LlamaForCausalLM) if family == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+        cfg = cls_cfg(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            tie_word_embeddings=family == "qwen2",
+        )
+        model = cls(cfg)
+        if family == "qwen2":  # its q/k/v biases start at zero: make them matter
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    torch.nn.init.normal_(proj.bias, std=0.2)
+        for layer in model.model.layers:  # and the norms at one
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                torch.nn.init.normal_(norm.weight, 1.0, 0.2)
+    return model.eval()
+
+
+def make_lm_folder(root: Path, family: str) -> Path:
+    """Save a tiny `family` LM and its tokenizer into root/family; return the folder."""
+    folder = root / family
+    tok = tiny_tokenizer(family)
+    model = tiny_lm(family, len(tok) + 3)  # an embedding table a little larger than the tokenizer, as Qwen2's
+    bos, eos, pad = (tok.convert_tokens_to_ids(t) if t else None for t in SPECIALS[family])
+    model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = bos, eos, pad
+    model.generation_config.bos_token_id, model.generation_config.eos_token_id = bos, eos
+    model.generation_config.pad_token_id = pad if pad is not None else eos
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
