@@ -101,14 +101,18 @@ class Pipeline:
             raise ModelFolderError(f"{d} is not a vision-attn model folder: {', '.join(missing)} missing")
         dev = resolve_device(device)
         model = VisionAttnModel.from_pretrained(d, device=dev)
+        cfg = model.config
         try:
-            codec = TextCodec(load_tokenizer(d / "tokenizer.json"))
+            codec = TextCodec(
+                load_tokenizer(d / "tokenizer.json"), (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id)
+            )
         except (OSError, ValueError) as e:
             raise ModelFolderError(str(e)) from e
-        if codec.vocab_size != model.config.decoder.vocab_size:
+        vocab = cfg.decoder.vocab_size  # a pretrained LM's table may have unused rows past its tokenizer's ids
+        if codec.vocab_size > vocab or (codec.task_tokens and codec.vocab_size != vocab):
             raise ModelFolderError(
                 f"{d / 'tokenizer.json'}: {codec.vocab_size} tokens, but the model's vocabulary has "
-                f"{model.config.decoder.vocab_size}: the files come from different models"
+                f"{vocab}: the files come from different models"
             )
         return cls(model, codec, dev, batch_size, bf16, compile, max_pixels)
 

@@ -24,6 +24,7 @@ class VisionAttnCLI(LightningCLI):
         # values the data and the model share are set once, on the model
         parser.link_arguments("model.encoder.image_size", "data.image_size")
         parser.link_arguments("model.decoder.max_len", "data.max_text_len")
+        parser.link_arguments("model.decoder.pretrained", "data.language_model")  # a pretrained LM's tokenizer
         # The model's tokenizer is the DataModule's, so never a config option. When both are made it is still None
         # (the DataModule loads it in setup), and the model takes it from the trainer's DataModule in configure_model.
         parser.link_arguments("data.tokenizer", "model.tokenizer", apply_on="instantiate")

@@ -79,13 +79,17 @@ def settle(config: Config, default_tokens: int) -> GenerationConfig:
 
 
 def caption_prompt(codec: TextCodec) -> list[int]:
-    """<bos> <caption>"""
-    return [codec.bos, codec.caption]
+    """<bos> <caption>; with a pretrained LM's tokenizer <bos> "Caption:"."""
+    if codec.task_tokens:
+        return [codec.bos, codec.caption]
+    return [codec.bos, *codec.encode("Caption:")]
 
 
 def vqa_prompt(codec: TextCodec, question: str) -> list[int]:
-    """<bos> <vqa> question <answer>"""
-    return [codec.bos, codec.vqa, *codec.encode(question), codec.answer]
+    """<bos> <vqa> question <answer>; with a pretrained LM's tokenizer <bos> "Question: question Answer:"."""
+    if codec.task_tokens:
+        return [codec.bos, codec.vqa, *codec.encode(question), codec.answer]
+    return [codec.bos, *codec.encode(f"Question: {question.strip()} Answer:")]
 
 
 def check_questions(questions: list[str]) -> None:
@@ -234,7 +238,7 @@ class Tasks:
         n, m = len(questions), len(candidates)
         index = torch.arange(n, device=images.device) if image_index is None else image_index
         prompts = self._vqa_prompts(questions)
-        conts = [self.codec.encode(c) + [self.codec.eos] for c in candidates]
+        conts = [self.codec.target(c) for c in candidates]
         logp = score_continuations(
             self.model, images, [p for p in prompts for _ in range(m)], conts * n, index.repeat_interleave(m)
         )

@@ -80,9 +80,14 @@ class VisionAttnModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.codec = TextCodec(tokenizer)
         encoder, decoder = self._sizes
-        decoder = dataclasses.replace(decoder, vocab_size=self.codec.vocab_size)
-        self.model_config = ModelConfig(encoder, decoder, self.codec.pad, self.codec.bos, self.codec.eos)
-        self.model = VisionAttnModel(self.model_config)
+        decoder = dataclasses.replace(decoder, vocab_size=self.codec.vocab_size)  # a pretrained LM's: its own
+        self.model = VisionAttnModel(ModelConfig(encoder, decoder, self.codec.pad, self.codec.bos, self.codec.eos))
+        self.model_config = self.model.config  # with a pretrained LM's family and sizes filled in
+        if self.codec.vocab_size > self.model_config.decoder.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {self.codec.vocab_size} tokens but the decoder embeds "
+                f"{self.model_config.decoder.vocab_size}: are data.language_model and decoder.pretrained one model?"
+            )
         self.tasks = Tasks(self.model, self.codec)
         # not a submodule, so a compiled wrapper stays out of state_dict
         self.__dict__["_forward_groups"] = self.model.forward_groups

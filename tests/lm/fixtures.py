@@ -22,13 +22,21 @@ from transformers import (
 )
 
 FAMILIES = ("gpt2", "llama", "qwen2")
+# the words of the built-in set, so that its captions and questions take a few tokens each
+WORDS = (
+    "a picture of the large small red green blue orange purple yellow circle square triangle diamond object objects "
+    "on at in to from left right top bottom center there are is what where how many color shape size two three "
+    "four one no yes and of 0 1 2 3 4 Question Answer Caption"
+).split()
 TEXTS = [
-    "a red circle left of a blue square",
-    "a green triangle above a yellow circle",
-    "question: what color is the circle? answer: red",
-    "caption: two shapes on a gray background",
-    "how many squares are there? three",
-] * 4
+    "a picture of a large orange triangle on the left, a large red circle in the center and a green square.",
+    "from left to right: a small blue diamond, a large purple circle and a yellow square at the top.",
+    "Question: what color is the large triangle? Answer: red",
+    "Question: is the red circle left of the green square? Answer: yes",
+    "Question: how many blue objects are there? Answer: 2",
+    "Caption: there are three objects: a large green square at the top right, bottom left.",
+    " ".join(WORDS),
+] * 8
 # special tokens of each family's tokenizer: (bos, eos, pad); None = the tokenizer has none
 SPECIALS = {
     "gpt2": ("<|endoftext|>", "<|endoftext|>", None),
@@ -37,7 +45,8 @@ SPECIALS = {
 }
 
 
-def tiny_tokenizer(family: str, vocab_size: int = 300) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(family: str, vocab_size: int = 500) -> PreTrainedTokenizerFast:
+    """GPT-2's names no special token (as openai-community/gpt2's files): its ids are in the model's config.json."""
     bos, eos, pad = SPECIALS[family]
     specials = list(dict.fromkeys(t for t in (bos, eos, pad) if t))
     tok = Tokenizer(models.BPE())
@@ -47,6 +56,8 @@ def tiny_tokenizer(family: str, vocab_size: int = 300) -> PreTrainedTokenizerFas
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(TEXTS, trainer=trainer)
+    if family == "gpt2":
+        return PreTrainedTokenizerFast(tokenizer_object=tok)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad)
 
 
@@ -94,7 +105,7 @@ def make_lm_folder(root: Path, family: str) -> Path:
     folder = root / family
     tok = tiny_tokenizer(family)
     model = tiny_lm(family, len(tok) + 3)  # an embedding table a little larger than the tokenizer, as Qwen2's
-    bos, eos, pad = (tok.convert_tokens_to_ids(t) if t else None for t in SPECIALS[family])
+    bos, eos, pad = (tok.backend_tokenizer.token_to_id(t) if t else None for t in SPECIALS[family])
     model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = bos, eos, pad
     model.generation_config.bos_token_id, model.generation_config.eos_token_id = bos, eos
     model.generation_config.pad_token_id = pad if pad is not None else eos

@@ -27,7 +27,7 @@ from vision_attn.data.collate import collate
 from vision_attn.data.datasets import ImageTextDataset
 from vision_attn.data.layout import DataFiles, read_files, read_split
 from vision_attn.data.records import ImageRecord
-from vision_attn.data.tokenizer import TextCodec, load_tokenizer, save_tokenizer, train_tokenizer
+from vision_attn.data.tokenizer import TextCodec, load_lm_tokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -80,6 +80,8 @@ class VisionAttnDataModule(L.LightningDataModule):
         max_text_len: prompt + target tokens; longer texts are cut.
         num_workers: loader worker processes.
         tokenizer_file: a `tokenizer.json` to use; None trains one on the training text (deterministic).
+        language_model: a pretrained language model's folder whose tokenizer to use instead (linked from
+            `model.decoder.pretrained` by the CLI); nothing is trained then.
         tokenizer_out: where `prepare_data` writes the tokenizer it trains, for `setup` to load; None:
             `tokenizer.json` in the trainer's `default_root_dir`. Unused with `tokenizer_file`.
         vocab_size: target vocabulary of a trained tokenizer.
@@ -100,6 +102,7 @@ class VisionAttnDataModule(L.LightningDataModule):
         max_text_len: int = 64,
         num_workers: int = 2,
         tokenizer_file: str | None = None,
+        language_model: str | None = None,
         tokenizer_out: str | None = None,
         vocab_size: int = 8000,
         val_max_images: int | None = None,
@@ -139,7 +142,7 @@ class VisionAttnDataModule(L.LightningDataModule):
 
         Lightning runs this in one process per node, before `setup` in every process.
         """
-        if self.hparams.tokenizer_file:
+        if self.hparams.tokenizer_file or self.hparams.language_model:
             return
         path = self.tokenizer_path
         # kept for this process's `setup("fit")`, which would otherwise parse the training json a second time
@@ -164,6 +167,9 @@ class VisionAttnDataModule(L.LightningDataModule):
         self._prepared_train = []  # validate, test and predict need no training records
         if not self.val_records:
             self.val_records = self._read(train=False)[: self.hparams.val_max_images]
+        if self.tokenizer is None and self.hparams.language_model:
+            self.tokenizer = load_lm_tokenizer(self.hparams.language_model)
+            self.codec = TextCodec(self.tokenizer)
         if self.tokenizer is None:
             path = self.tokenizer_path
             if not self.hparams.tokenizer_file and not path.exists():
