@@ -10,13 +10,18 @@ from tokenizers import Tokenizer
 
 from vision_attn.config import ModelConfig
 from vision_attn.data.tokenizer import save_tokenizer, wrap
+from vision_attn.finetune import LoraSettings, add_lora, merge_lora
 from vision_attn.models import VisionAttnModel
 
 log = logging.getLogger(__name__)
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> VisionAttnModel:
-    """Write the model folder that `Pipeline.from_pretrained` loads (no Lightning, no pickle needed there)."""
+    """Write the model folder that `Pipeline.from_pretrained` loads (no Lightning, no pickle needed there).
+
+    LoRA adapters of a checkpoint trained with `model.lora` are merged into the linear layers they adapt: the folder
+    holds the same weights as a model without LoRA, and loading it needs no peft.
+    """
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
@@ -30,8 +35,13 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> VisionAttnM
     cfg_dict["encoder"] = {**cfg_dict["encoder"], "pretrained": None}  # the weights are in the checkpoint
     cfg_dict["decoder"] = {**cfg_dict["decoder"], "pretrained": None}
     model = VisionAttnModel(ModelConfig.from_dict(cfg_dict))
+    lora = extra.get("lora")  # absent in checkpoints older than LoRA
+    if lora is not None:
+        add_lora(model, LoraSettings(**lora))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
+    if lora is not None:
+        merge_lora(model)
     out = Path(out_dir)
     model.save_pretrained(out)
     save_tokenizer(wrap(Tokenizer.from_str(extra["tokenizer_json"])), out / "tokenizer.json")

@@ -16,13 +16,24 @@ from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 from vision_attn.data.datasets import TASKS
 from vision_attn.data.tokenizer import TextCodec, wrap
 from vision_attn.evaluation import Predictions, predict_batch, score
+from vision_attn.finetune import (
+    FreezablePart,
+    LoraSettings,
+    add_lora,
+    check_checkpoint_lora,
+    check_freeze,
+    hold_frozen_in_eval,
+    optimizer_groups,
+    pretrained_parts,
+    set_trainable,
+)
 from vision_attn.models import VisionAttnModel, text_loss
 from vision_attn.tasks import GenerationConfig, Tasks
 
 log = logging.getLogger(__name__)
 
 # Checkpoints store these configs among the hyper-parameters; let `weights_only` loading (resume) accept them.
-torch.serialization.add_safe_globals([EncoderConfig, DecoderConfig])
+torch.serialization.add_safe_globals([EncoderConfig, DecoderConfig, LoraSettings])
 
 
 class VisionAttnModule(L.LightningModule):
@@ -31,7 +42,8 @@ class VisionAttnModule(L.LightningModule):
     Args:
         encoder: the ViT (image size, patch size, width, depth, heads, optional local weights).
         decoder: the text decoder (width, depth, heads, max_len); vocab_size comes from the tokenizer.
-        lr: peak AdamW learning rate.
+        lr: peak AdamW learning rate of the new parameters (the encoder's projection, the cross-attention
+            sublayers and LoRA adapters) and of parts trained from scratch.
         weight_decay: AdamW decay on matrices (never on biases, norms, position embeddings or class token).
         betas: AdamW betas.
         warmup_steps: linear warmup from 0; then cosine decay to `lr * min_lr_ratio` at the last step.
@@ -43,6 +55,16 @@ class VisionAttnModule(L.LightningModule):
         val_answer_tokens: longest answer generated in validation.
         tokenizer: sets the vocabulary; None (as in configs) takes the DataModule's once it is set up, in
             `configure_model`.
+        pretrained_lr: peak learning rate of the pretrained parts (the encoder when encoder.name or
+            encoder.pretrained is set, the language model when decoder.pretrained is set); None = `lr`. Warmup and
+            cosine decay scale every group alike.
+        freeze: parts whose weights stay as they are: "encoder" (the ViT) and/or "language_model" (every decoder
+            parameter outside the cross-attention sublayers). They get no gradient, stay out of the optimizer and
+            run in eval mode while training (BatchNorm statistics and dropout stay put). The new parameters always
+            train.
+        lora: LoRA adapters on the language model's linear layers (`lora.r`, `lora.alpha`, `lora.dropout`,
+            `lora.targets`); its base weights are then frozen and the adapters train. `vision-attn export` merges
+            them into the plain weights, so a model folder needs no peft. None = no adapters.
     """
 
     def __init__(
@@ -60,8 +82,15 @@ class VisionAttnModule(L.LightningModule):
         val_caption_tokens: int = 48,
         val_answer_tokens: int = 8,
         tokenizer: PreTrainedTokenizerFast | None = None,
+        pretrained_lr: float | None = None,
+        freeze: list[FreezablePart] = [],  # noqa: B006 (never mutated; reads as [] in --help)
+        lora: LoraSettings | None = None,
     ) -> None:
         super().__init__()
+        if pretrained_lr is not None and pretrained_lr <= 0:
+            raise ValueError(f"pretrained_lr={pretrained_lr} must be > 0 (or null: the pretrained parts use lr)")
+        self.frozen_parts = check_freeze(freeze, lora)  # not self.freeze: LightningModule.freeze() is a method
+        self.lora = lora
         self.save_hyperparameters(ignore=["tokenizer"])
         self._sizes = (encoder, decoder)  # the CLI turns hparams into dicts; the model is built from these
         self.tokenizer: PreTrainedTokenizerFast | None = None
@@ -88,6 +117,16 @@ class VisionAttnModule(L.LightningModule):
                 f"the tokenizer has {self.codec.vocab_size} tokens but the decoder embeds "
                 f"{self.model_config.decoder.vocab_size}: are data.language_model and decoder.pretrained one model?"
             )
+        # Before Lightning restores a checkpoint (this runs in __init__ or configure_model): its weights include
+        # the adapters, and its optimizer state holds the trainable parameters only.
+        if self.lora is not None:
+            add_lora(self.model, self.lora)
+        set_trainable(self.model, self.frozen_parts)
+        pretrained = pretrained_parts(self.model_config)
+        if set(self.frozen_parts) - pretrained:
+            log.warning("freezing %s, which is not pretrained: it keeps its random initialisation", self.frozen_parts)
+        if self.hparams.pretrained_lr is not None and not pretrained:
+            log.warning("pretrained_lr is set, but no part is pretrained (encoder.pretrained, decoder.pretrained)")
         self.tasks = Tasks(self.model, self.codec)
         # not a submodule, so a compiled wrapper stays out of state_dict
         self.__dict__["_forward_groups"] = self.model.forward_groups
@@ -116,6 +155,17 @@ class VisionAttnModule(L.LightningModule):
             self._compiled = True
 
     # ---- training ----
+
+    def train(self, mode: bool = True) -> VisionAttnModule:
+        """As `nn.Module.train`, but frozen parts stay in eval mode (their BatchNorm statistics must not move)."""
+        super().train(mode)
+        if mode and self.model is not None:
+            hold_frozen_in_eval(self.model)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning does not call train() when fit starts: it keeps the mode the module is in
+        hold_frozen_in_eval(self.model)
 
     def _losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per task: mean cross-entropy over its target tokens; `loss` is their weighted sum."""
@@ -212,18 +262,10 @@ class VisionAttnModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        skip = {f"encoder.vit.{n}" for n in self.model.encoder.vit.no_weight_decay()} | {"decoder.pos_emb.weight"}
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.ndim >= 2 and name not in skip else no_decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr,
-            betas=tuple(hp.betas),
-            fused=self.device.type == "cuda",
+        groups = optimizer_groups(
+            self.model, hp.lr, hp.weight_decay, hp.pretrained_lr, pretrained_parts(self.model_config)
         )
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=self.device.type == "cuda")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(hp.warmup_steps, total // 2)
 
@@ -242,6 +284,7 @@ class VisionAttnModule(L.LightningModule):
         checkpoint["vision_attn"] = {
             "model_config": self.model_config.to_dict(),
             "tokenizer_json": self.tokenizer.backend_tokenizer.to_str(),
+            "lora": None if self.lora is None else dataclasses.asdict(self.lora),  # export merges the adapters
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -253,3 +296,4 @@ class VisionAttnModule(L.LightningModule):
                 "the checkpoint was trained with another tokenizer than the data's (did the training text change?): "
                 "set data.tokenizer_file to the tokenizer.json of the run that wrote the checkpoint"
             )
+        check_checkpoint_lora(checkpoint.get("vision_attn", {}).get("lora"), self.lora)
