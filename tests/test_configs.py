@@ -73,3 +73,21 @@ def test_invalid_value_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = print_config(["fit", "--config", str(CONFIGS[0]), "--model.encoder.patch_size", "seven"], capsys)
     assert code != 0
     assert "patch_size" in out
+
+
+@pytest.mark.parametrize("image_size,want", [(None, 224), (256, 256)])
+def test_a_named_encoder_gives_the_data_its_image_size(
+    image_size: int | None, want: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vit_b16.yaml names its encoder and leaves image_size unset: the size follows the name (ViT-B/16: 224 px) and
+    the link gives the data that size; a size set on the model wins. The weights file is not needed to parse."""
+    config = next(p for p in CONFIGS if p.name == "vit_b16.yaml")
+    assert "image_size" not in yaml.safe_load(config.read_text())["model"]["encoder"]
+    monkeypatch.chdir(tmp_path)  # the trainer's logger makes its folder in the working directory
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    size = [] if image_size is None else ["--model.encoder.image_size", str(image_size)]
+    cli = main(["--config", str(config), "--trainer.accelerator", "cpu", "--trainer.devices", "1", *size], run=False)
+    assert cli.datamodule.hparams.image_size == want
+    encoder = EncoderConfig(**cli.config["model"]["encoder"])
+    assert (encoder.image_size, encoder.patch_size, encoder.dim, encoder.class_token) == (want, 16, 768, True)
+    assert not Path(encoder.pretrained).exists()

@@ -1,4 +1,7 @@
-"""The assembled model: shapes, grouped forward, the exported folder, config checks, pretrained ViT weights."""
+"""The assembled model: shapes, grouped forward, the exported folder, config checks, pixel normalisation.
+
+Named timm encoders and their pretrained weights: test_encoder_timm.py.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor
 
 from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
-from vision_attn.data.transforms import normalize
+from vision_attn.data.transforms import MEAN, STD, normalize, pixel_stats
 from vision_attn.decoding import DecodeBuffers
 from vision_attn.models import ImageEncoder, ModelFolderError, VisionAttnModel, text_loss
 
@@ -168,21 +170,6 @@ def test_save_and_load_round_trip(
         assert torch.equal(a, b), name
 
 
-def test_from_pretrained_ignores_the_encoder_weights_file(make_config, tmp_path: Path, images: Tensor) -> None:
-    """The exported weights are complete: the ViT file named at training time may be gone."""
-    vit_file = tmp_path / "vit.safetensors"
-    save_file(ImageEncoder(make_config().encoder, 48).vit.state_dict(), str(vit_file))
-    cfg = make_config()
-    cfg.encoder.pretrained = str(vit_file)
-    model = VisionAttnModel(cfg).eval()
-    model.save_pretrained(tmp_path / "model")
-    vit_file.unlink()
-    loaded = VisionAttnModel.from_pretrained(tmp_path / "model")
-    ids = _ids(4, 5)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(images, ids), model(images, ids), atol=0, rtol=0)
-
-
 def test_from_pretrained_names_a_missing_file(tiny_model: VisionAttnModel, tmp_path: Path) -> None:
     tiny_model.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
@@ -227,41 +214,7 @@ def test_config_dict_round_trip(
     assert isinstance(again.encoder, EncoderConfig) and isinstance(again.decoder, DecoderConfig)
 
 
-# ---------------------------------------------------------------------------------------------- pretrained ViT
-
-
-@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_encoder_loads_local_pretrained_weights(make_config, tmp_path: Path, suffix: str) -> None:
-    cfg = make_config().encoder
-    torch.manual_seed(123)
-    source = ImageEncoder(cfg, 48).vit
-    path = tmp_path / f"vit{suffix}"
-    state = {k: v.contiguous() for k, v in source.state_dict().items()}
-    save_file(state, str(path)) if suffix == ".safetensors" else torch.save({"model": state}, path)
-
-    torch.manual_seed(0)
-    fresh = ImageEncoder(cfg, 48).vit
-    assert not torch.equal(fresh.patch_embed.proj.weight, source.patch_embed.proj.weight)
-    loaded = ImageEncoder(dataclasses.replace(cfg, pretrained=str(path)), 48).vit
-    torch.testing.assert_close(loaded.patch_embed.proj.weight, source.patch_embed.proj.weight, atol=0, rtol=0)
-    for (name, a), (_, b) in zip(source.state_dict().items(), loaded.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
-
-
-def test_encoder_pretrained_missing_file_raises(make_config, tmp_path: Path) -> None:
-    cfg = dataclasses.replace(make_config().encoder, pretrained=str(tmp_path / "nope.safetensors"))
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
-        ImageEncoder(cfg, 48)
-
-
-def test_encoder_pretrained_wrong_architecture_raises(make_config, tmp_path: Path) -> None:
-    """Weights of a shallower ViT leave blocks uninitialised: that must be an error, not a silent partial load."""
-    cfg = make_config().encoder
-    path = tmp_path / "vit.safetensors"
-    save_file(ImageEncoder(cfg, 48).vit.state_dict(), str(path))
-    deeper = dataclasses.replace(cfg, depth=2, pretrained=str(path))
-    with pytest.raises(ValueError, match="weights missing"):
-        ImageEncoder(deeper, 48)
+# ---------------------------------------------------------------------------------------------- pixels
 
 
 def test_encoder_normalises_uint8_images(tiny_model: VisionAttnModel) -> None:
@@ -275,4 +228,4 @@ def test_encoder_normalises_uint8_images(tiny_model: VisionAttnModel) -> None:
     with torch.no_grad():  # a bf16 model gets bf16 pixels
         assert tiny_model.to(torch.bfloat16).encode(x).dtype == torch.bfloat16
     with pytest.raises(TypeError, match="uint8"):
-        normalize(x.float())
+        normalize(x.float(), *pixel_stats(MEAN, STD))

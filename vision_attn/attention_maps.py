@@ -10,6 +10,7 @@ rollout (Abnar & Zuidema 2020) through the ViT's self-attention.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -127,25 +128,45 @@ def attention_result(
 def encoder_attention(encoder: ImageEncoder, images: Tensor) -> list[Tensor]:
     """Self-attention probabilities of every ViT block: images [B, 3, S, S] -> per block [B, H, N', N'].
 
-    timm's blocks use fused SDPA, which returns no weights, so a forward hook on each block's `attn`
-    recomputes softmax(q k^T / sqrt(D)) from its input (the block's normed tokens) with the block's own
-    `qkv`, `q_norm` and `k_norm`: the same probabilities the block used, without patching timm.
+    timm's attention modules use fused SDPA, which returns no weights. For this one forward each block's `attn`
+    takes timm's explicit path instead (its `fused_attn` switched off), which computes the softmax and passes it
+    through the module's `attn_drop`; a forward hook there records it (the module `timm.utils.AttentionExtract`
+    hooks by default). So the probabilities are the ones the block used, with its own q/k norms, scale and, for
+    EVA, rotary position embeddings.
+
+    Raises:
+        ValueError: a block's attention is not a timm module with `fused_attn` and `attn_drop` (ViT, DeiT,
+            EVA, SigLIP have them), or it did not record one map per block.
     """
+    attns = [blk.attn for blk in encoder.vit.blocks]
+    for attn in attns:
+        if not (hasattr(attn, "fused_attn") and isinstance(getattr(attn, "attn_drop", None), nn.Module)):
+            raise ValueError(
+                f"encoder rollout cannot read the attention of {type(attn).__name__} blocks (encoder.name="
+                f"{encoder.cfg.name!r}): it needs timm attention modules with `fused_attn` and `attn_drop`"
+            )
     probs: list[Tensor] = []
 
-    def hook(attn: nn.Module, args: tuple[Tensor, ...], _out: Tensor) -> None:
-        x = args[0]
-        B, N, _ = x.shape
-        qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # 3x[B,H,N',D]
-        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-        probs.append(((q * attn.scale) @ k.transpose(-2, -1)).float().softmax(-1))  # [B, H, N', N']
+    def record(_drop: nn.Module, args: tuple[Tensor, ...], _out: Tensor) -> None:
+        probs.append(args[0].float())  # [B, H, N', N'], before dropout (none in eval mode)
 
-    handles = [blk.attn.register_forward_hook(hook) for blk in encoder.vit.blocks]
+    fused = [attn.fused_attn for attn in attns]
+    handles = [attn.attn_drop.register_forward_hook(record) for attn in attns]
     try:
+        for attn in attns:
+            attn.fused_attn = False
         encoder(images)
     finally:
+        for attn, was in zip(attns, fused, strict=True):
+            attn.fused_attn = was
         for h in handles:
             h.remove()
+    n = encoder.vit.num_prefix_tokens + math.prod(encoder.grid)
+    if len(probs) != len(attns) or any(p.shape[-2:] != (n, n) for p in probs):
+        raise ValueError(
+            f"encoder rollout expected one [{n}, {n}] attention map per block from {type(attns[0]).__name__}, got "
+            f"{[tuple(p.shape) for p in probs]}"
+        )
     return probs
 
 
@@ -171,7 +192,6 @@ def attention_rollout(probs: list[Tensor], num_prefix_tokens: int = 0) -> Tensor
 
 
 def encoder_rollout(encoder: ImageEncoder, images: Tensor) -> Tensor:
-    """images [B, 3, S, S] -> rollout maps [B, h, w] (each sums to 1)."""
-    g = encoder.cfg.grid_size
+    """images [B, 3, S, S] -> rollout maps [B, h, w] on the encoder's patch grid (each sums to 1)."""
     roll = attention_rollout(encoder_attention(encoder, images), encoder.vit.num_prefix_tokens)
-    return roll.view(-1, g, g)
+    return roll.view(-1, *encoder.grid)

@@ -7,8 +7,16 @@ exposes under `model.encoder.*` / `model.decoder.*`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import timm
+import torch
+from torch import nn
+
+from vision_attn.data.transforms import MEAN, STD
 
 
 @dataclass
@@ -35,41 +43,170 @@ class StackConfig:
 
 @dataclass
 class EncoderConfig(StackConfig):
-    """The timm Vision Transformer that turns an image into patch tokens.
+    """The Vision Transformer that turns an image into patch tokens: a timm model by name, or one built here.
+
+    With `name`, timm builds the model; its architecture and its pretrained config (input size, mean, std) fill
+    the fields left unset, so that `config.json` says what was built and rebuilds it. A size set to another value
+    than the named model's is an error (image_size, mean and std may be chosen). Without a name, a ViT of the sizes
+    below is built from scratch (the defaults in brackets).
 
     Args:
-        dim: token width.
-        depth: number of transformer blocks.
-        num_heads: attention heads per block.
-        mlp_ratio: MLP hidden width over `dim`.
-        image_size: input side in pixels (square).
-        patch_size: patch side in pixels; the grid is (image_size / patch_size)^2 tokens.
+        dim: token width [192].
+        depth: number of transformer blocks [4].
+        num_heads: attention heads per block [3].
+        mlp_ratio: MLP hidden width over `dim` [4.0].
+        name: a timm ViT-family model, with or without a `.tag`: "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+            "deit3_small_patch16_224", "eva02_tiny_patch14_224", "vit_base_patch16_siglip_224", ...
+        image_size: input side in pixels (square) [the named model's pretrained input size; 64]. With a name, another
+            size resamples the pretrained position embeddings.
+        patch_size: patch side in pixels; the grid is (image_size // patch_size)^2 tokens [the named model's; 8].
+        mean: per-channel pixel mean of the input normalisation [the named model's pretrained config's; 0.5].
+        std: per-channel pixel standard deviation [the named model's pretrained config's; 0.5].
         drop_path: stochastic depth rate (regularisation for small data).
-        stem: "patch" = one linear projection per patch (standard ViT, needed for pretrained weights);
-            "conv" = a small stack of strided 3x3 convolutions (learns much faster from scratch on small data).
-        class_token: keep timm's class token (needed by most pretrained ViT weights). It is dropped
-            from the tokens the decoder sees: the decoder attends to patches only.
-        pretrained: optional local file (timm `.pth`/`.bin` or `.safetensors`) with ViT weights.
+        stem: "patch" = one linear projection per patch (standard ViT); "conv" = a small stack of strided 3x3
+            convolutions (learns much faster from scratch on small data; not with a name).
+        class_token: the ViT has a class token [the named model's; False]. It is dropped from the tokens the
+            decoder sees: the decoder attends to patches only.
+        pretrained: with `name`, the weights: a local `.safetensors`/`.pth`/`.bin` file of that timm model, or
+            "hub" to let timm download them; None = random init.
     """
 
-    depth: int = 4
-    image_size: int = 64
-    patch_size: int = 8
+    dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    name: str | None = None
+    image_size: int | None = None
+    patch_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     drop_path: float = 0.0
     stem: Literal["patch", "conv"] = "patch"
-    class_token: bool = False
+    class_token: bool | None = None
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
+        self.image_size = self.input_side(self.name, self.image_size)
+        if self.name is None:
+            if self.pretrained is not None:
+                raise ValueError(
+                    f"encoder.pretrained={self.pretrained!r} needs encoder.name: set encoder.name to the timm model "
+                    "the weights are for (e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k)"
+                )
+            scratch = {"dim": 192, "depth": 4, "num_heads": 3, "mlp_ratio": 4.0, "patch_size": 8, "class_token": False}
+            scratch |= {"mean": MEAN, "std": STD}
+            for key, value in scratch.items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
+            if self.image_size % self.patch_size:
+                raise ValueError(
+                    f"encoder.image_size={self.image_size} must be a multiple of encoder.patch_size={self.patch_size}"
+                )
+        else:
+            self._follow_name()
+        self.mean, self.std = (tuple(float(v) for v in stats) for stats in (self.mean, self.std))  # JSON: lists
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(
-                f"encoder.image_size={self.image_size} must be a multiple of encoder.patch_size={self.patch_size}"
+                f"encoder.mean={list(self.mean)}, encoder.std={list(self.std)}: give three numbers each (R, G, B), "
+                "the std ones > 0"
             )
         self.check_heads("encoder")
 
+    def _follow_name(self) -> None:
+        """Fill the unset fields from the named timm model; raise ValueError where a set one disagrees."""
+        if self.stem != "patch":
+            raise ValueError(
+                f"encoder.stem={self.stem!r} is for encoders built from scratch; with encoder.name={self.name!r} the "
+                "model's own patch embedding is used: remove encoder.stem"
+            )
+        pretrained = self.pretrained_cfg(self.name)
+        for key, value in self.timm_architecture(self.name, self.image_size).items():
+            mine = getattr(self, key)
+            if mine is None:
+                setattr(self, key, value)
+            elif value is not None and not (mine == value or isinstance(value, float) and math.isclose(mine, value)):
+                raise ValueError(
+                    f"encoder.{key}={mine} does not match encoder.name={self.name!r}, whose {key} is {value}: remove "
+                    f"encoder.{key} (it follows the name)"
+                )
+        # the statistics the weights were trained with, unless chosen otherwise
+        self.mean = pretrained.mean if self.mean is None else self.mean
+        self.std = pretrained.std if self.std is None else self.std
+
+    @staticmethod
+    def input_side(name: str | None, image_size: int | None) -> int:
+        """The input side in pixels: `image_size` if set, else the named timm model's pretrained one, else 64.
+
+        The CLI links this to `data.image_size`.
+        """
+        if image_size is not None:
+            return image_size
+        if name is None:
+            return 64
+        _, height, width = EncoderConfig.pretrained_cfg(name).input_size
+        if height != width:
+            raise ValueError(f"encoder.name={name!r} takes {height}x{width} images: set a square encoder.image_size")
+        return height
+
+    @staticmethod
+    def pretrained_cfg(name: str) -> timm.models.PretrainedCfg:
+        """timm's pretrained config of `name` (its input size, mean, std, weights' hub id); ValueError if none."""
+        if not timm.is_model(name):
+            raise ValueError(
+                f"encoder.name={name!r} is not a timm model; timm.list_models('vit_*') lists the ViTs it builds"
+            )
+        try:
+            cfg = timm.get_pretrained_cfg(name)
+        except RuntimeError as e:  # an unknown tag
+            tags = f"timm.list_pretrained('{name.split('.')[0]}*')"
+            raise ValueError(f"encoder.name={name!r}: {e} ({tags} lists the tagged names)") from e
+        if cfg is None:
+            raise ValueError(f"encoder.name={name!r}: timm has no pretrained config for it")
+        return cfg
+
+    @staticmethod
+    @functools.cache
+    def timm_architecture(name: str, image_size: int) -> dict[str, Any]:
+        """The sizes of the timm model `name` at `image_size`: dim, depth, num_heads, mlp_ratio, patch_size and
+        class_token. Read from the model built on the meta device (no memory, no weights, a few milliseconds).
+        """
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size)
+        except TypeError as e:  # a model without img_size: not a ViT
+            raise ValueError(f"encoder.name={name!r} is not a ViT-family model timm builds ({e})") from e
+        except (ValueError, AssertionError, RuntimeError) as e:
+            raise ValueError(f"timm cannot build encoder.name={name!r} at encoder.image_size={image_size} ({e})") from e
+        blocks = getattr(model, "blocks", None)
+        patch_embed = getattr(model, "patch_embed", None)
+        if blocks is None or patch_embed is None or not hasattr(model, "num_prefix_tokens"):
+            raise ValueError(
+                f"encoder.name={name!r} is not a ViT-family model (patch_embed -> blocks -> patch tokens): choose a "
+                "vit_*, deit3_*, eva02_* or *siglip* model"
+            )
+        patch_h, patch_w = patch_embed.patch_size
+        if patch_h != patch_w:
+            raise ValueError(
+                f"encoder.name={name!r} has {patch_h}x{patch_w} patches; only square patches are supported"
+            )
+        fc2 = getattr(blocks[0].mlp, "fc2", None)
+        return {
+            "dim": model.embed_dim,
+            "depth": len(blocks),
+            "num_heads": blocks[0].attn.num_heads,
+            "mlp_ratio": fc2.in_features / model.embed_dim if isinstance(fc2, nn.Linear) else None,
+            "patch_size": patch_h,
+            "class_token": getattr(model, "cls_token", None) is not None,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A checkpoint pickled before a field existed lacks it: resolve it as a new config would.
+        self.__dict__.update(state)
+        self.__post_init__()
+
     @property
     def grid_size(self) -> int:
-        """Patches per side."""
+        """Patches per side (as timm's patch embedding counts them: a remainder of pixels is not a patch)."""
         return self.image_size // self.patch_size
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vision_attn.checkpointing import AtomicCheckpointIO, CheckpointError
+from vision_attn.config import EncoderConfig
 from vision_attn.data.datamodule import VisionAttnDataModule
 from vision_attn.data.errors import DataFormatError
 from vision_attn.training import VisionAttnModule
@@ -21,8 +24,14 @@ class VisionAttnCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser) -> None:
-        # values the data and the model share are set once, on the model
-        parser.link_arguments("model.encoder.image_size", "data.image_size")
+        # The encoder's defaults are its fields' (None = unset), not the resolved values of the module's default
+        # EncoderConfig(): a from-scratch size left in the defaults would conflict with the sizes of encoder.name.
+        unset = [f.name for f in dataclasses.fields(EncoderConfig) if f.default is None]
+        parser.set_defaults({f"model.encoder.{name}": None for name in unset})
+        # values the data and the model share are set once, on the model; the image size may follow encoder.name
+        parser.link_arguments(
+            ("model.encoder.name", "model.encoder.image_size"), "data.image_size", compute_fn=EncoderConfig.input_side
+        )
         parser.link_arguments("model.decoder.max_len", "data.max_text_len")
         parser.link_arguments("model.decoder.pretrained", "data.language_model")  # a pretrained LM's tokenizer
         # The model's tokenizer is the DataModule's, so never a config option. When both are made it is still None

@@ -7,6 +7,8 @@ worker (benchmarks/README.md, "Data loading").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from PIL import Image
 from torch import Tensor
@@ -14,7 +16,8 @@ from torchvision.transforms import v2
 
 from vision_attn.data.images import MAX_PIXELS, ImageSource, load_image
 
-# timm's ViT weights (augreg) are trained with mean = std = 0.5; random-init models do not care.
+# The pixel statistics of an encoder built from scratch (EncoderConfig's defaults: random-init models do not care);
+# a named timm model brings its own (`EncoderConfig.mean`, `.std`).
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
@@ -44,20 +47,16 @@ class ImageLoader:
         return self.transform(self.load(source))
 
 
-def pixel_stats() -> tuple[Tensor, Tensor]:
-    """MEAN and STD as [3, 1, 1] tensors (the encoder keeps them as buffers, on its device)."""
-    return torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
+def pixel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std (3 numbers each) as [3, 1, 1] tensors (the encoder keeps them as buffers)."""
+    return torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
 
 
-def normalize(
-    images: Tensor, dtype: torch.dtype = torch.float32, mean: Tensor | None = None, std: Tensor | None = None
-) -> Tensor:
+def normalize(images: Tensor, mean: Tensor, std: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """uint8 images [..., 3, H, W] -> `dtype` images scaled to 0..1 and normalised by `mean` and `std`.
 
-    mean, std: [3, 1, 1] on the images' device (default: `pixel_stats()`, copied there on each call).
+    mean, std: [3, 1, 1] on the images' device (`pixel_stats` of the encoder's config).
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"normalize expects uint8 images (0..255), got {images.dtype}")
-    if mean is None or std is None:
-        mean, std = (t.to(images.device) for t in pixel_stats())
     return ((images.float() / 255 - mean) / std).to(dtype)

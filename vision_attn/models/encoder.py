@@ -6,9 +6,10 @@ import logging
 import math
 from pathlib import Path
 
+import timm
 import torch
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from vision_attn.config import EncoderConfig
@@ -18,49 +19,98 @@ log = logging.getLogger(__name__)
 
 
 class ImageEncoder(nn.Module):
-    """timm ViT -> patch tokens [B, N, out_dim] (prefix tokens such as the class token are dropped)."""
+    """timm ViT -> patch tokens [B, N, out_dim] (prefix tokens such as the class token are dropped).
+
+    The ViT is the timm model `cfg.name` (`named_vit`) or one built from the sizes in `cfg` (`scratch_vit`).
+    """
 
     def __init__(self, cfg: EncoderConfig, out_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.vit = VisionTransformer(
-            img_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-            num_classes=0,
-            global_pool="token" if cfg.class_token else "avg",
-            fc_norm=False,  # keep the final norm on the tokens (forward_features), not on a pooled head
-            embed_dim=cfg.dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-            class_token=cfg.class_token,
-            drop_path_rate=cfg.drop_path,
-            embed_layer=ConvStemEmbed if cfg.stem == "conv" else PatchEmbed,
-        )
-        if cfg.pretrained:
-            load_vit_weights(self.vit, cfg.pretrained)
+        self.vit = named_vit(cfg) if cfg.name else scratch_vit(cfg)
         # Encoder and decoder widths may differ; an off projection is Identity so forward has no branch.
         self.proj = nn.Linear(cfg.dim, out_dim) if cfg.dim != out_dim else nn.Identity()
         # Fixed 2-D sin-cos positions added to the tokens the decoder attends to (as DETR does for its
         # cross-attention): "where" stays explicit after the ViT has mixed its own position embeddings into
         # content, which position words and left-of/closest-to questions need. No parameters.
-        grid = [cfg.grid_size, cfg.grid_size]
+        grid = list(self.grid)
         self.register_buffer("memory_pos", build_sincos2d_pos_embed(grid, dim=out_dim), persistent=False)  # [N, C]
         # the pixel statistics of `normalize`, kept on the model's device: no host-to-device copy per forward
-        mean, std = pixel_stats()
+        mean, std = pixel_stats(cfg.mean, cfg.std)
         self.register_buffer("pixel_mean", mean, persistent=False)  # [3, 1, 1]
         self.register_buffer("pixel_std", std, persistent=False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """images [B, 3, H, W] -> patch tokens [B, N, out_dim], N = grid_size^2.
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w): the patch grid of the ViT's tokens, as its patch embedding makes it."""
+        h, w = self.vit.patch_embed.grid_size
+        return h, w
 
-        uint8 images (0..255, as the loaders and `Pipeline` send them) are normalised here, on the model's
-        device; floating-point images are taken as already normalised.
+    def forward(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] -> patch tokens [B, N, out_dim], N = h * w of `grid`.
+
+        uint8 images (0..255, as the loaders and `Pipeline` send them) are normalised here with the config's mean
+        and std, on the model's device; floating-point images are taken as already normalised.
         """
         if images.dtype == torch.uint8:
-            images = normalize(images, self.memory_pos.dtype, self.pixel_mean.float(), self.pixel_std.float())
-        x = self.vit.forward_features(images)  # [B, prefix + N, C_enc], final-normed
+            images = normalize(images, self.pixel_mean.float(), self.pixel_std.float(), self.memory_pos.dtype)
+        x = self.vit.forward_features(images)  # [B, prefix + N, C_enc]
         return self.proj(x[:, self.vit.num_prefix_tokens :]) + self.memory_pos.to(x.dtype)
+
+
+def scratch_vit(cfg: EncoderConfig) -> VisionTransformer:
+    """A randomly initialised timm `VisionTransformer` of the sizes in `cfg` (no `name`), final-normed tokens."""
+    return VisionTransformer(
+        img_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        num_classes=0,
+        global_pool="token" if cfg.class_token else "avg",
+        fc_norm=False,  # keep the final norm on the tokens (forward_features), not on a pooled head
+        embed_dim=cfg.dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        class_token=cfg.class_token,
+        drop_path_rate=cfg.drop_path,
+        embed_layer=ConvStemEmbed if cfg.stem == "conv" else PatchEmbed,
+    )
+
+
+def named_vit(cfg: EncoderConfig) -> nn.Module:
+    """The timm model `cfg.name` at `cfg.image_size`, with the weights `cfg.pretrained` names, without its head.
+
+    Weights load through timm's own path (its checkpoint filter maps original-repository names and resamples the
+    position embeddings to the image size): from a local file, or, with "hub", downloaded by timm.
+
+    Raises:
+        FileNotFoundError: `cfg.pretrained` names no file.
+        ValueError: the file does not hold weights of that model.
+    """
+    kwargs = {"num_classes": 0, "img_size": cfg.image_size, "drop_path_rate": cfg.drop_path}
+    if cfg.pretrained is None:
+        vit = timm.create_model(cfg.name, pretrained=False, **kwargs)
+    elif cfg.pretrained == "hub":
+        log.info("timm loads the weights of %s from its hub (downloading them unless cached)", cfg.name)
+        vit = timm.create_model(cfg.name, pretrained=True, **kwargs)
+    else:
+        path = Path(cfg.pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"encoder.pretrained: no such file {path}; put the timm weights of {cfg.name} there (a .safetensors, "
+                f".pth or .bin file), or set encoder.pretrained to their path"
+            )
+        try:
+            vit = timm.create_model(cfg.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        except Exception as e:  # a state dict that does not fit, a damaged file: torch, timm, safetensors errors
+            why = " ".join(str(e).split())[:400]
+            raise ValueError(f"encoder.pretrained={path}: not weights of timm's {cfg.name} ({why})") from e
+        log.info("loaded the weights of %s from %s", cfg.name, path)
+    # forward_features is all the encoder runs: a pooling head (attention pool, pooled-token norm) would hold
+    # parameters that no loss reaches, which distributed training (DDP) rejects.
+    vit.reset_classifier(0, global_pool="")
+    if hasattr(vit, "fc_norm"):
+        vit.fc_norm = nn.Identity()
+    return vit
 
 
 class ConvStemEmbed(PatchEmbed):
@@ -83,23 +133,3 @@ class ConvStemEmbed(PatchEmbed):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
         layers.append(nn.Conv2d(widths[-1], embed_dim, 1))
         self.proj = nn.Sequential(*layers)
-
-
-def load_vit_weights(vit: VisionTransformer, path: str | Path) -> None:
-    """Load timm ViT weights from a local `.safetensors` or `.pth`/`.bin` file (never from the network)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder.pretrained: no such file {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state))
-    state = checkpoint_filter_fn(state, vit)  # resizes position embeddings, maps original-repo names
-    missing, unexpected = vit.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("head")]
-    if missing:
-        raise ValueError(f"encoder.pretrained {path}: weights missing for {missing[:5]} ({len(missing)} in all)")
-    log.info("loaded ViT weights from %s (%d unused keys: %s)", path, len(unexpected), unexpected[:5])
