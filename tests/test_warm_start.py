@@ -140,3 +140,40 @@ def test_special_tokens_a_tokenizer_leaves_unnamed_come_from_the_model_config(lm
     codec = TextCodec(tok)
     end = tok.backend_tokenizer.token_to_id("<|endoftext|>")
     assert (codec.bos, codec.eos, codec.pad) == (end, end, end)
+
+
+@pytest.mark.parametrize(
+    ("config", "encoder", "family"), [("vit_gpt2.yaml", "test_vit", "gpt2"), ("vit_smollm2.yaml", "test_vit3", "llama")]
+)
+def test_warm_start_configs_train_with_only_their_paths_changed(
+    config: str,
+    encoder: str,
+    family: str,
+    synthetic_root: Path,
+    lm_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shipped warm-start YAMLs, their downloads replaced by tiny local files of the same kinds (a timm ViT's
+    weights, a language-model folder) and their GPU settings by the CPU's: two steps, export, load, caption."""
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    vit = timm.create_model(encoder, pretrained=False, num_classes=0)
+    weights = tmp_path / f"{encoder}.safetensors"
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(weights))
+    run = tmp_path / "run"
+    model = {"encoder": {"name": encoder, "pretrained": str(weights), "image_size": 64}}
+    model["decoder"] = {"pretrained": str(lm_root / family)}
+    trainer = {"accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": 2, "limit_val_batches": 1}
+    trainer |= {"num_sanity_val_steps": 0, "enable_progress_bar": False, "default_root_dir": str(run)}
+    args = ["fit", "--config", str(DEMO.parent / config), "--data.root", str(synthetic_root)]
+    cli = main([*args, *flags("model", model), *flags("data", TINY_DATA), *flags("trainer", trainer)])
+    assert cli.trainer.global_step == 2
+    assert cli.model.model.config.decoder.family == family
+    export_checkpoint(run / "checkpoints" / "last.ckpt", tmp_path / "model")
+    pipe = Pipeline.from_pretrained(tmp_path / "model", device="cpu")
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    assert isinstance(pipe.caption(image), str)
