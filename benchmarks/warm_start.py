@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=1000, help="val images `vision-attn evaluate` scores")
     p.add_argument("--loss-window", type=int, default=20, help="logged steps the caption loss is averaged over")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True, help="the demo's decoder too")
+    p.add_argument("--gate-init", type=float, help="diagnostic: start every cross-attention gate's alpha here, not 0")
+    p.add_argument("--reuse-lms", action="store_true", help="use the LM folders of an earlier run in --work")
+    p.add_argument("--tag", default="", help="prefix of this run's folders under --work/runs (keeps earlier runs)")
     p.add_argument("--threads", type=int, default=2, help="torch threads, here and in every subprocess")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run; results go under --work")
@@ -73,8 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.families = args.families.split(",")
     if unknown := set(args.families) - set(FAMILIES):
         p.error(f"--families: unknown {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
-    if args.quick:
-        args.data_root = args.work / "synthetic-quick"
+    if args.quick:  # its own folder: the LM folders of a full run stay
+        args.work = args.work / "quick"
+        args.data_root = args.work / "synthetic"
         args.make_train, args.make_val = 512, 32
         args.pretrain_minutes, args.steps, args.eval_images, args.loss_window = 0.1, 12, 16, 4
     args.out = args.out or (args.work / "warm_start_quick.json" if args.quick else RESULTS / "warm_start_cpu.json")
@@ -227,8 +232,23 @@ def save_lm(model: torch.nn.Module, tok: PreTrainedTokenizerFast, folder: Path) 
     return folder
 
 
-def make_lms(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Per family: the scratch and warm folders, pretraining figures, and both LMs' loss on val captions."""
+def make_lms(args: argparse.Namespace) -> dict[str, Any]:
+    """Per family: the scratch and warm folders, pretraining figures, and both LMs' loss on val captions; with
+    --reuse-lms those of the earlier run recorded in --work/lms.json."""
+    record = args.work / "lms.json"
+    if args.reuse_lms:
+        if not record.is_file():
+            raise SystemExit(f"--reuse-lms: no {record}; run once without it")
+        lms = json.loads(record.read_text())
+        if missing := set(args.families) - set(lms):
+            raise SystemExit(f"--reuse-lms: {record} has no {sorted(missing)} LM; run once without --reuse-lms")
+        return lms
+    lms = pretrain_lms(args)
+    record.write_text(json.dumps(lms, indent=2, default=str) + "\n")
+    return json.loads(record.read_text())
+
+
+def pretrain_lms(args: argparse.Namespace) -> dict[str, Any]:
     train, val = read_split(args.data_root, "train"), read_split(args.data_root, "val")
     tok = train_tokenizer(train)
     end = tok.convert_tokens_to_ids(END)
@@ -274,15 +294,31 @@ def python(cmd: list[str], args: argparse.Namespace, logfile: Path) -> None:
         raise SystemExit(f"`python {' '.join(cmd)}` failed ({rc}); the end of {logfile}:\n{tail}")
 
 
+class GateInit(L.Callback):
+    """Diagnostic (--gate-init): every cross-attention gate's alpha starts at `alpha` instead of 0 (closed)."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        gates = [p for n, p in pl_module.named_parameters() if n.endswith("cross_gate.alpha")]
+        with torch.no_grad():
+            for p in gates:
+                p.fill_(self.alpha)
+        log.info("GateInit: %d gates at alpha %.3f (tanh %.3f)", len(gates), self.alpha, math.tanh(self.alpha))
+
+
 def captioner(name: str, lm: Path | None, args: argparse.Namespace) -> dict[str, Any]:
     """train.py fit (demo config, --steps steps), export, evaluate; the run's losses, metrics and times."""
-    run = args.work / "runs" / name
+    run = args.work / "runs" / f"{args.tag}{name}"
     fit = ["train.py", "fit", "--config", "configs/demo.yaml", "--seed_everything", str(args.seed)]
     fit += ["--data.root", str(args.data_root), "--trainer.default_root_dir", str(run)]
     fit += ["--trainer.max_steps", str(args.steps), "--trainer.max_epochs", "-1", "--trainer.max_time", "null"]
     fit += ["--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"]
     fit += ["--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false"]
     fit += ["--model.decoder.pretrained", str(lm)] if lm else []
+    if args.gate_init is not None and lm:  # the demo's own decoder has no gate
+        fit += ["--trainer.callbacks+=benchmarks.warm_start.GateInit", f"--trainer.callbacks.alpha={args.gate_init}"]
     fit += args.extra
     if args.quick:
         fit += ["--model.warmup_steps", "4"]
@@ -365,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for family in args.families:
         for init in ("warm", "scratch"):
             log.info("captioner: %s %s, %d steps", family, init, args.steps)
-            row = captioner(f"{family} {init}".replace(" ", "-"), lms[family][init], args)
+            row = captioner(f"{family}-{init}", Path(lms[family][init]), args)
             row |= {"run": f"{family} {init}", "family": family, "init": init}
             row |= {"lm_val_loss": lms[family]["lm_val_loss"][init], "lm_parameters": lms[family]["parameters"]}
             rows.append(row)
@@ -389,6 +425,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pretrain_minutes=args.pretrain_minutes,
         pretrain_batch=args.pretrain_batch,
         pretrain_lr=args.pretrain_lr,
+        gate_init=args.gate_init,
+        extra_fit_flags=args.extra,
         tokenizer=lms["tokenizer"],
         language_models={f: {k: v for k, v in lms[f].items() if k not in ("warm", "scratch")} for f in args.families},
         comparisons=comparisons,
