@@ -41,7 +41,8 @@ class VisionAttnModule(L.LightningModule):
 
     Args:
         encoder: the ViT (image size, patch size, width, depth, heads, optional local weights).
-        decoder: the text decoder (width, depth, heads, max_len); vocab_size comes from the tokenizer.
+        decoder: the text decoder (width, depth, heads, max_len), or a pretrained language model's folder
+            (`decoder.pretrained`, whose config sets the rest); vocab_size comes from the tokenizer or that model.
         lr: peak AdamW learning rate of the new parameters (the encoder's projection, the cross-attention
             sublayers and LoRA adapters) and of parts trained from scratch.
         weight_decay: AdamW decay on matrices (never on biases, norms, position embeddings or class token).
