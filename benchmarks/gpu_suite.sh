@@ -86,7 +86,7 @@ if [ $QUICK = 1 ]; then  # seconds a stage, on any machine
   GEN_ARGS=(--size demo --new-tokens 4 --reps 1 --warmup 0 --batch-sizes 1,2)
   COMPILED_ARGS=(--size demo --new-tokens 4 --reps 1 --warmup 0 --batch-sizes 1 --beams 1)  # one compile
   FIT_ARGS=(--trainer.max_epochs 1 --model.warmup_steps 2 --model.val_caption_tokens 8 --model.val_answer_tokens 4
-    --model.encoder.image_size 32 --model.encoder.patch_size 8 --model.encoder.dim 32 --model.encoder.depth 1
+    --model.encoder.name null --model.encoder.image_size 32 --model.encoder.patch_size 8 --model.encoder.dim 32 --model.encoder.depth 1
     --model.encoder.num_heads 2 --model.decoder.dim 32 --model.decoder.depth 1 --model.decoder.num_heads 2
     --data.batch_size 16 --data.num_workers 0 --data.val_max_images 8 --data.vocab_size 300
     --trainer.log_every_n_steps 1)
@@ -155,10 +155,12 @@ stage compiled 70 "$PY" -m benchmarks.generate_latency --device "$DEVICE" --vari
 FIT_BOX=$((DEADLINE - (SECONDS - START) - 80))
 FIT_BOX=$((FIT_BOX < 60 ? 60 : FIT_BOX > 220 ? 220 : FIT_BOX))
 FIT_TRAIN=$((FIT_BOX - 40))
-# The config's paths (runs/vit_b16/...) are relative: the run writes under the work folder.
+# The config's paths (runs/vit_b16/...) are relative: the run writes under the work folder. The device machine has
+# no downloaded weights: the encoder (timm's ViT-B/16 architecture) starts from random ones.
 IN_WORK=(bash -c 'cd "$0" && exec "$@"' "$WORK")
 stage fit "$FIT_BOX" "${IN_WORK[@]}" "$PY" "$REPO/train.py" fit --config "$REPO/configs/vit_b16.yaml" \
   --data.root "$DATA" "${ACCEL[@]}" --trainer.num_sanity_val_steps 0 --trainer.enable_progress_bar false \
+  --model.encoder.pretrained null \
   "${FIT_ARGS[@]}" \
   --trainer.max_time "$(printf '00:00:%02d:%02d' $((FIT_TRAIN / 60)) $((FIT_TRAIN % 60)))"
 stage export 30 "$PY" -m vision_attn.cli export "$WORK/runs/vit_b16/checkpoints/last.ckpt" "$WORK/model"

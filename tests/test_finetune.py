@@ -97,9 +97,10 @@ def test_pretrained_parts_follow_the_config() -> None:
         )
 
     assert pretrained_parts(config()) == set()
-    assert pretrained_parts(config(name="vit_small_patch16_224")) == {"encoder"}
+    assert pretrained_parts(config(name="vit_small_patch16_224")) == set()  # a named ViT without weights: random
+    assert pretrained_parts(config(name="vit_small_patch16_224", enc="vit.safetensors")) == {"encoder"}
     assert pretrained_parts(config(enc="vit.safetensors", dec="gpt2")) == {"encoder", "language_model"}
-    # today's configs, which have no encoder.name or decoder.pretrained yet
+    # the from-scratch configs
     assert pretrained_parts(SimpleNamespace(encoder=EncoderConfig(), decoder=DecoderConfig())) == set()
 
 

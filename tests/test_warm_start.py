@@ -5,6 +5,7 @@ GPT-2 and Llama families. The folders are tiny random models saved offline (test
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def test_fit_from_a_pretrained_gpt2_then_every_pipeline_path(
         "log_every_n_steps": 1,
         "default_root_dir": str(run),
     }
-    model = {"encoder": ENCODER, "decoder": {"pretrained": str(lm_root / "gpt2"), "max_len": 64}, "warmup_steps": 2}
+    lm = shutil.copytree(lm_root / "gpt2", tmp_path / "gpt2")  # removed before the model folder is loaded
+    model = {"encoder": ENCODER, "decoder": {"pretrained": str(lm), "max_len": 64}, "warmup_steps": 2}
     model |= {"lr": 3e-3, "val_caption_tokens": 8, "val_answer_tokens": 4}
     args = ["fit", "--config", str(DEMO), "--data.root", str(synthetic_root), *flags("model", model)]
     cli = main([*args, *flags("data", TINY_DATA), *flags("trainer", trainer)])
@@ -81,9 +83,9 @@ def test_fit_from_a_pretrained_gpt2_then_every_pipeline_path(
 
     out = tmp_path / "model"
     export_checkpoint(run / "checkpoints" / "last.ckpt", out)
+    shutil.rmtree(lm)  # the model folder stands alone: family, sizes, weights and tokenizer
     pipe = Pipeline.from_pretrained(out, device="cpu")
     trained = cli.model.model.eval()
-    assert pipe.model.config.decoder.pretrained is None  # the folder stands alone
     images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
               for i in range(3)]  # fmt: skip
     check_pipeline_paths(pipe, images)
@@ -109,21 +111,27 @@ def check_pipeline_paths(pipe: Pipeline, images: list[torch.Tensor]) -> None:
     assert maps.raw.shape[0] == n_cross and maps.raw.shape[-1] == pipe.model.config.encoder.grid_size**2
 
 
-@pytest.mark.parametrize("cross_attn_every", [1, 2])
-def test_llama_model_folder_and_pipeline_paths(
-    lm_root: Path, tmp_path: Path, cross_attn_every: int, compiled_graphs
-) -> None:
+def save_llama_folder(lm_root: Path, out: Path, cross_attn_every: int = 1) -> Path:
+    """A captioner from the tiny Llama folder with its gates opened (as if trained: the image matters), saved as a
+    model folder."""
     folder = lm_root / "llama"
     codec = TextCodec(load_lm_tokenizer(folder))
     torch.manual_seed(0)
     decoder = DecoderConfig(pretrained=str(folder), max_len=64, cross_attn_every=cross_attn_every)
     model = VisionAttnModel(ModelConfig(EncoderConfig(**ENCODER), decoder, codec.pad, codec.bos, codec.eos))
-    for b in model.decoder.blocks:  # as if trained: the image matters
+    for b in model.decoder.blocks:
         if b.cross_attn is not None:
             b.cross_gate.alpha.data.fill_(1.0)
-    out = tmp_path / "model"
     model.save_pretrained(out)
     save_tokenizer(codec.tok, out / "tokenizer.json")
+    return out
+
+
+@pytest.mark.parametrize("cross_attn_every", [1, 2])
+def test_llama_model_folder_and_pipeline_paths(
+    lm_root: Path, tmp_path: Path, cross_attn_every: int, compiled_graphs
+) -> None:
+    out = save_llama_folder(lm_root, tmp_path / "model", cross_attn_every)
     pipe = Pipeline.from_pretrained(out, device="cpu")
     assert pipe.model.config.decoder.family == "llama" and not pipe.codec.task_tokens
     images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
@@ -132,6 +140,28 @@ def test_llama_model_folder_and_pipeline_paths(
     compiled = Pipeline.from_pretrained(out, device="cpu", compile=True)
     assert compiled.caption(images) == pipe.caption(images)
     assert compiled_graphs() >= 1
+
+
+def test_serve_and_evaluate_a_llama_model_folder(lm_root: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """`vision-attn serve` answers as the Pipeline does, and `vision-attn evaluate` scores a split."""
+    import json
+
+    from serving import IMAGES, QUESTIONS, assert_same_answers, expected_caption, expected_vqa
+
+    from vision_attn.cli import main as cli_main
+    from vision_attn.serving.harness import b64, post_form, post_json, running_server
+
+    out = save_llama_folder(lm_root, tmp_path / "model")
+    pipe = Pipeline.from_pretrained(out, device="cpu")
+    with running_server(out, ["--threads", "1"], tmp_path / "serve.log") as server:
+        status, got = post_form(f"{server.url}/v1/vqa", {"image": IMAGES[0], "question": QUESTIONS[0]})
+        assert status == 200, got
+        assert_same_answers(got, expected_vqa(pipe, IMAGES[0], QUESTIONS[0], None))
+        status, got = post_json(f"{server.url}/v1/caption", {"image": b64(IMAGES[1])})
+        assert status == 200 and got["caption"] == expected_caption(pipe, IMAGES[1], None), got
+    assert cli_main(["evaluate", "--model", str(out), "--data-root", str(synthetic_root), "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= metrics["vqa_accuracy"] <= 100 and "bleu4" in metrics
 
 
 def test_special_tokens_a_tokenizer_leaves_unnamed_come_from_the_model_config(lm_root: Path) -> None:

@@ -1,7 +1,7 @@
 """Fine-tuning rules, in one place: which parameters are pretrained, frozen or new, their optimizer groups, and LoRA.
 
 A `VisionAttnModel` has three parts (module names are the same in every decoder family):
-- "encoder": the ViT, `encoder.vit.*` (pretrained when `encoder.name` or `encoder.pretrained` is set);
+- "encoder": the ViT, `encoder.vit.*` (pretrained when `encoder.pretrained` is set);
 - "language_model": every decoder parameter outside the cross-attention sublayers (pretrained when
   `decoder.pretrained` is set): embeddings, self-attention, MLPs, norms, the LM head;
 - "new": what is always trained from its initialisation: the encoder's projection `encoder.proj`, each decoder
@@ -107,10 +107,9 @@ def parameter_groups(model: nn.Module) -> dict[Part, dict[str, nn.Parameter]]:
 def pretrained_parts(config: ModelConfig) -> set[FreezablePart]:
     """The parts whose weights come from a pretrained model, as the config says."""
     parts: set[FreezablePart] = set()
-    # getattr: encoder.name and decoder.pretrained come with the pretrained encoders and decoders (issue 13)
-    if getattr(config.encoder, "name", None) or getattr(config.encoder, "pretrained", None):
+    if config.encoder.pretrained:  # a named timm encoder without weights starts from random ones
         parts.add("encoder")
-    if getattr(config.decoder, "pretrained", None):
+    if config.decoder.pretrained:
         parts.add("language_model")
     return parts
 

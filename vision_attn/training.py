@@ -40,8 +40,9 @@ class VisionAttnModule(L.LightningModule):
     """Trains captioning and VQA jointly; validation generates and scores both.
 
     Args:
-        encoder: the ViT (image size, patch size, width, depth, heads, optional local weights).
-        decoder: the text decoder (width, depth, heads, max_len); vocab_size comes from the tokenizer.
+        encoder: the ViT: a timm model by name (`encoder.name`, weights in `encoder.pretrained`) or sizes to build.
+        decoder: the text decoder (width, depth, heads, max_len), or a pretrained language model's folder
+            (`decoder.pretrained`, whose config sets the rest); vocab_size comes from the tokenizer or that model.
         lr: peak AdamW learning rate of the new parameters (the encoder's projection, the cross-attention
             sublayers and LoRA adapters) and of parts trained from scratch.
         weight_decay: AdamW decay on matrices (never on biases, norms, position embeddings or class token).
@@ -55,7 +56,7 @@ class VisionAttnModule(L.LightningModule):
         val_answer_tokens: longest answer generated in validation.
         tokenizer: sets the vocabulary; None (as in configs) takes the DataModule's once it is set up, in
             `configure_model`.
-        pretrained_lr: peak learning rate of the pretrained parts (the encoder when encoder.name or
+        pretrained_lr: peak learning rate of the pretrained parts (the encoder when
             encoder.pretrained is set, the language model when decoder.pretrained is set); None = `lr`. Warmup and
             cosine decay scale every group alike.
         freeze: parts whose weights stay as they are: "encoder" (the ViT) and/or "language_model" (every decoder

@@ -64,30 +64,15 @@ def tiny_tokenizer(family: str, vocab_size: int = 500) -> PreTrainedTokenizerFas
 def tiny_lm(family: str, vocab_size: int) -> torch.nn.Module:
     """A random causal LM of `family`; weights larger than the default init so that logits are O(1)."""
     torch.manual_seed(0)
-    if family == "gpt2":
-        cfg = GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=64,
-            n_layer=2,
-            n_head=4,
-            n_positions=128,
-            initializer_range=0.2,
-            bos_token_id=0,
-            eos_token_id=0,  # set to the tokenizer's by make_lm_folder
-        )
-        model = GPT2LMHeadModel(cfg)
+    common = {"vocab_size": vocab_size, "initializer_range": 0.2}
+    if family == "gpt2":  # BOS/EOS ids: set to the tokenizer's by make_lm_folder
+        gpt2 = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128, "bos_token_id": 0, "eos_token_id": 0}
+        model = GPT2LMHeadModel(GPT2Config(**common, **gpt2))
     else:
         cls_cfg, cls = (LlamaConfig, LlamaForCausalLM) if family == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+        sizes = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4}
         cfg = cls_cfg(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            initializer_range=0.2,
-            tie_word_embeddings=family == "qwen2",
+            **common, **sizes, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=family == "qwen2"
         )
         model = cls(cfg)
         if family == "qwen2":  # its q/k/v biases start at zero: make them matter
