@@ -19,6 +19,9 @@
    (family "base", its own BPE with task tokens) at the same steps.
 Per run: the training caption loss (mean over the first and the last --loss-window logged steps of metrics.csv),
 BLEU-4, CIDEr, VQA accuracy; per family the warm/scratch ratios and differences.
+Diagnostics (benchmarks/README.md, "Warm start"): --gate-init ALPHA opens the cross-attention gates at the start,
+--reuse-lms takes the LM folders of the last run, --tag keeps this run's folders apart, and flags after `--` go to
+every `train.py fit` (for example `-- --model.pretrained_lr 2e-4`).
 """
 
 from __future__ import annotations
