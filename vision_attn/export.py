@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from vision_attn.config import ModelConfig
 from vision_attn.data.tokenizer import save_tokenizer, wrap
 from vision_attn.finetune import LoraSettings, add_lora, merge_lora
 from vision_attn.models import VisionAttnModel
+from vision_attn.models.vision_attn import standalone_config
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,7 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> VisionAttnM
     extra = ckpt.get("vision_attn")
     if extra is None:
         raise ValueError(f"{ckpt_path} was not written by vision-attn's train.py (no 'vision_attn' entry)")
-    cfg_dict = dict(extra["model_config"])
-    cfg_dict["encoder"] = {**cfg_dict["encoder"], "pretrained": None}  # the weights are in the checkpoint
-    cfg_dict["decoder"] = {**cfg_dict["decoder"], "pretrained": None}
-    model = VisionAttnModel(ModelConfig.from_dict(cfg_dict))
+    model = VisionAttnModel(standalone_config(extra["model_config"]))  # the weights are in the checkpoint
     lora = extra.get("lora")  # absent in checkpoints older than LoRA
     if lora is not None:
         add_lora(model, LoraSettings(**lora))

@@ -48,10 +48,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000) -> PreTrainedT
     return wrap(tok)
 
 
+def has_task_tokens(tok: Tokenizer) -> bool:
+    """Whether `tok` is ours (made by `train_tokenizer`, with task tokens), not a pretrained language model's."""
+    return any(tok.token_to_id(t) is not None for t in (BOS, CAPTION, VQA, ANSWER))
+
+
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     """`tok` as transformers' fast tokenizer; ours (with task tokens) gets its special tokens named."""
-    if all(tok.token_to_id(t) is None for t in (BOS, CAPTION, VQA, ANSWER)):  # a pretrained LM's (GPT-2, Llama..):
-        return PreTrainedTokenizerFast(tokenizer_object=tok)  # its special ids travel in the model config
+    if not has_task_tokens(tok):  # a pretrained LM's (GPT-2, Llama, ...): its special ids travel in the model config
+        return PreTrainedTokenizerFast(tokenizer_object=tok)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=PAD,
@@ -95,7 +100,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         tok = wrap(Tokenizer.from_file(str(path)))
     except Exception as e:  # the Rust tokenizer raises a bare Exception for a malformed file
         raise ValueError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0][:200]})") from e
-    for i, t in enumerate(SPECIAL_TOKENS if tok.bos_token == BOS else []):  # ours: the ids the models were made with
+    for i, t in enumerate(SPECIAL_TOKENS if has_task_tokens(tok.backend_tokenizer) else []):  # ours: fixed ids
         if tok.convert_tokens_to_ids(t) != i:
             raise ValueError(f"{path}: special token {t} must have id {i}; was this tokenizer made by vision-attn?")
     return tok
@@ -120,7 +125,7 @@ class TextCodec:
         # The Rust tokenizer directly: the same ids as `tokenizer.encode(..., add_special_tokens=False)` without
         # the wrapper's per-call work; data loading tokenizes ~10 short texts per image, next to the training step.
         self._backend = tokenizer.backend_tokenizer
-        self.task_tokens = tokenizer.convert_tokens_to_ids(CAPTION) == SPECIAL_TOKENS.index(CAPTION)
+        self.task_tokens = has_task_tokens(self._backend)
         if self.task_tokens:
             ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
             self.pad, self.bos, self.eos = ids[PAD], ids[BOS], ids[EOS]
@@ -140,10 +145,8 @@ class TextCodec:
 
     def target(self, text: str) -> list[int]:
         """The ids of a caption or answer as the model writes it after its prompt, with the closing EOS."""
-        text = text.strip()
-        if not self.task_tokens:  # a pretrained LM reads words after a prompt with their leading space
-            return self._backend.encode(" " + text, add_special_tokens=False).ids + [self.eos]
-        return self.encode(text) + [self.eos]
+        space = "" if self.task_tokens else " "  # a pretrained LM reads words after a prompt with their leading space
+        return self._backend.encode(space + text.strip(), add_special_tokens=False).ids + [self.eos]
 
     def example(self, prompt: list[int], target: str, max_len: int) -> tuple[list[int], list[int]]:
         """Teacher-forcing input ids and labels (labels[t] = ids[t + 1] on target positions, else IGNORE).

@@ -115,6 +115,12 @@ class ModelFolderError(ValueError):
     """A model folder is missing a file, or a file is damaged or does not fit; the message names the file."""
 
 
+def standalone_config(cfg_dict: dict) -> ModelConfig:
+    """A saved model's config (`ModelConfig.to_dict`) that reads no pretrained file: its weights come with it."""
+    encoder, decoder = ({**cfg_dict[k], "pretrained": None} for k in ("encoder", "decoder"))
+    return ModelConfig.from_dict({**cfg_dict, "encoder": encoder, "decoder": decoder})
+
+
 def read_config(path: Path) -> ModelConfig:
     """A model folder's `config.json` as a `ModelConfig`, or a `ModelFolderError` naming the file and the problem."""
     try:
@@ -122,10 +128,7 @@ def read_config(path: Path) -> ModelConfig:
         missing = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in cfg_dict]
         if missing:  # a folder must say everything: a default here would build another model than was saved
             raise KeyError(missing[0])
-        # the weights are in model.safetensors: no pretrained files to read
-        cfg_dict["encoder"] = {**cfg_dict["encoder"], "pretrained": None}
-        cfg_dict["decoder"] = {**cfg_dict["decoder"], "pretrained": None}
-        config = ModelConfig.from_dict(cfg_dict)
+        config = standalone_config(cfg_dict)
         if config.decoder.vocab_size <= 0:
             raise ValueError(f"decoder.vocab_size is {config.decoder.vocab_size}")
         return config
