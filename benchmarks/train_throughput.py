@@ -176,7 +176,6 @@ def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
             tasks="caption",
             image_size=size.image_size,
             batch_size=args.batch,
-            questions_per_image=0,
             max_text_len=args.text_len,
             num_workers=args.workers,
             tokenizer_out=f"{tmp}/tokenizer.json",

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import torch
 import yaml
 from conftest import quiet_trainer
+from lightning.pytorch.callbacks import Timer
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
@@ -27,7 +29,7 @@ from vision_attn.data.datamodule import VisionAttnDataModule
 from vision_attn.data.errors import DataFormatError
 from vision_attn.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer, wrap
 from vision_attn.lightning_cli import USER_ERRORS, main
-from vision_attn.training import VisionAttnModule
+from vision_attn.training import VisionAttnModule, lr_scale
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -237,10 +239,13 @@ def test_every_stage_builds_the_model_before_the_checkpoint_loads(synthetic_root
 # ---------------------------------------------------------------------------------------------- optimisation
 
 
-def _configured(dm: VisionAttnDataModule, total_steps: int, **hparams: Any) -> tuple[VisionAttnModule, dict]:
+def _configured(
+    dm: VisionAttnDataModule, total_steps: float, callbacks: list | None = None, **hparams: Any
+) -> tuple[VisionAttnModule, dict]:
     mod = module(dm.tokenizer)
     mod.hparams.update(hparams)
-    mod.trainer = SimpleNamespace(estimated_stepping_batches=total_steps)  # all configure_optimizers reads of it
+    # all configure_optimizers reads of the trainer
+    mod.trainer = SimpleNamespace(estimated_stepping_batches=total_steps, callbacks=callbacks or [])
     return mod, mod.configure_optimizers()
 
 
@@ -265,6 +270,62 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor(tiny_dm: VisionAttnDataMo
     # warmup never takes more than half of a short run
     _, short = _configured(tiny_dm, 8, warmup_steps=200)
     assert short["lr_scheduler"]["scheduler"].lr_lambdas[0](4) == pytest.approx(1.0)
+
+
+class FakeTimer(Timer):
+    """Lightning's Timer (what trainer.max_time adds) with the elapsed time set by the test."""
+
+    def __init__(self, budget: float) -> None:
+        super().__init__(duration=timedelta(seconds=budget))
+        self.elapsed = 0.0
+
+    def time_elapsed(self, stage: str = "train") -> float:
+        return self.elapsed
+
+
+def test_lr_schedule_follows_a_time_budget(tiny_dm: VisionAttnDataModule) -> None:
+    """With trainer.max_time the cosine runs over the budget: annealed at its end whatever the step count."""
+    timer = FakeTimer(budget=600.0)
+    # no epoch or step limit (max_epochs -1): the time budget alone ends training
+    _, conf = _configured(tiny_dm, float("inf"), [timer], warmup_steps=10, min_lr_ratio=0.05)
+    lam = conf["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert lam(4) == pytest.approx(0.5)  # warm-up counts steps
+    assert lam(50) == pytest.approx(1.0)  # no time spent yet
+    timer.elapsed = 300.0
+    assert lam(50) == pytest.approx(0.525) and lam(5000) == pytest.approx(0.525)  # half the budget: cosine midpoint
+    timer.elapsed = 600.0
+    assert lam(60) == pytest.approx(0.05)
+    # with an epoch limit too, whichever end comes first sets the progress
+    _, conf = _configured(tiny_dm, 110, [timer], warmup_steps=10, min_lr_ratio=0.05)
+    lam = conf["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    timer.elapsed = 60.0  # a tenth of the budget, but step 60 is half of the steps
+    assert lam(60) == pytest.approx(0.525)
+    timer.elapsed = 540.0  # nine tenths of the budget, step 20 a tenth of the steps
+    assert lam(20) == pytest.approx(lr_scale(0, 0, 10, 0.9, 0.05))
+
+
+def test_a_run_needs_an_end(tiny_dm: VisionAttnDataModule) -> None:
+    with pytest.raises(ValueError, match="max_epochs, max_steps or max_time"):
+        _configured(tiny_dm, float("inf"))
+
+
+def test_time_budget_alone_trains_and_anneals(synthetic_root: Path, tmp_path: Path) -> None:
+    """max_epochs -1 with max_time: training runs until the budget is spent, the rate falling all the way."""
+    lrs = LrLog()
+    tr = trainer(tmp_path, max_epochs=-1, max_time={"seconds": 6}, callbacks=[lrs])
+    tr.fit(module(), datamodule=datamodule(synthetic_root))
+    assert tr.current_epoch >= 1  # more than the tiny set's one epoch: the budget, not an epoch count, ended it
+    after_warmup = lrs.values[2:]
+    assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:], strict=False))
+    assert after_warmup[-1] < 0.6 * after_warmup[0]
+
+
+class LrLog(L.Callback):
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.values.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
 def test_weight_decay_only_on_matrices(tiny_dm: VisionAttnDataModule) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
@@ -47,7 +48,8 @@ class VisionAttnModule(L.LightningModule):
             sublayers and LoRA adapters) and of parts trained from scratch.
         weight_decay: AdamW decay on matrices (never on biases, norms, position embeddings or class token).
         betas: AdamW betas.
-        warmup_steps: linear warmup from 0; then cosine decay to `lr * min_lr_ratio` at the last step.
+        warmup_steps: linear warmup from 0; then cosine decay to `lr * min_lr_ratio` at the end of training: the
+            last step, or the end of `trainer.max_time` if that comes first (`lr_scale`).
         min_lr_ratio: final learning rate over the peak.
         caption_weight: weight of the caption loss (mean over caption tokens).
         vqa_weight: weight of the answer loss (mean over answer tokens).
@@ -267,14 +269,18 @@ class VisionAttnModule(L.LightningModule):
             self.model, hp.lr, hp.weight_decay, hp.pretrained_lr, pretrained_parts(self.model_config)
         )
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=self.device.type == "cuda")
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(hp.warmup_steps, total // 2)
+        total = float(self.trainer.estimated_stepping_batches)  # inf with max_epochs -1 (a time budget alone)
+        warmup = hp.warmup_steps if math.isinf(total) else min(hp.warmup_steps, int(total) // 2)
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)  # trainer.max_time
+        if math.isinf(total) and timer is None:
+            raise ValueError("trainer: set max_epochs, max_steps or max_time; the learning-rate schedule needs an end")
 
         def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+            spent = None
+            if timer is not None:
+                elapsed, left = timer.time_elapsed("train"), timer.time_remaining("train")
+                spent = elapsed / max(elapsed + left, 1e-9)
+            return lr_scale(step, warmup, total, spent, hp.min_lr_ratio)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -298,3 +304,21 @@ class VisionAttnModule(L.LightningModule):
                 "set data.tokenizer_file to the tokenizer.json of the run that wrote the checkpoint"
             )
         check_checkpoint_lora(checkpoint.get("vision_attn", {}).get("lora"), self.lora)
+
+
+def lr_scale(step: int, warmup: int, total: float, spent: float | None, min_lr_ratio: float) -> float:
+    """The learning rate over its peak at optimizer step `step`: linear warm-up over `warmup` steps, then a cosine
+    to `min_lr_ratio` at the end of training.
+
+    The end is whichever comes first: step `total` (inf without a step or epoch limit), or the end of a time budget,
+    `spent` being the fraction of `trainer.max_time` used so far (None without one). So a budget that stops
+    training before its last epoch still anneals the rate, and a small dataset with a large budget trains for the
+    whole budget instead of stopping after a few epochs with the rate already at its floor.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1.0, total - warmup) if not math.isinf(total) else 0.0
+    if spent is not None:
+        progress = max(progress, spent)
+    progress = min(1.0, progress)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

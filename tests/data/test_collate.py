@@ -28,7 +28,7 @@ def codec(records: list[ImageRecord]) -> TextCodec:
 
 
 def test_collate_pads_labels_and_counts_skipped(records: list[ImageRecord], codec: TextCodec) -> None:
-    ds = ImageTextDataset(records, codec, image_size=32, max_text_len=64, questions_per_image=4, tasks="both")
+    ds = ImageTextDataset(records, codec, 32, 64, "both", train=True, max_questions_per_item=8)
     items = [ds[0], None, ds[1], ds[2]]
     batch = collate(items)
     assert batch["skipped"] == 1 and batch["images"].shape[0] == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
@@ -54,7 +55,7 @@ def test_needs_root_or_files() -> None:
 
 @pytest.mark.parametrize("tasks", ["caption", "vqa", "both"])
 def test_task_selection_shapes_the_batch(synthetic_root: Path, tmp_path: Path, tasks: str) -> None:
-    dm = _dm(tmp_path, root=str(synthetic_root), tasks=tasks, questions_per_image=3)
+    dm = _dm(tmp_path, root=str(synthetic_root), tasks=tasks, max_questions_per_item=3)
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].shape == (4, 3, 32, 32)
     assert batch["images"].dtype == torch.uint8  # normalised by the model, on its device
@@ -62,9 +63,10 @@ def test_task_selection_shapes_the_batch(synthetic_root: Path, tmp_path: Path, t
     assert ("vqa" in batch) == (tasks != "caption")
     if "caption" in batch:  # one caption per image, spread over length buckets
         assert sorted(torch.cat([g["image_index"] for g in batch["caption"]]).tolist()) == [0, 1, 2, 3]
-    if "vqa" in batch:  # 3 questions per image
+    if "vqa" in batch:  # 8 questions an image in chunks of at most 3: 2 or 3 per item
         index = torch.cat([g["image_index"] for g in batch["vqa"]])
-        assert sorted(index.tolist()) == [b for b in range(4) for _ in range(3)]
+        assert set(Counter(index.tolist()).values()) <= {2, 3} and sorted(set(index.tolist())) == [0, 1, 2, 3]
+    assert len(dm.train_dataloader().dataset) == len(dm.train_records) * (3 if tasks != "caption" else 1)
 
 
 def test_caption_only_and_vqa_only_data(synthetic_root: Path, tmp_path: Path) -> None:

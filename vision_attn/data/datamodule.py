@@ -75,8 +75,10 @@ class VisionAttnDataModule(L.LightningDataModule):
         val_files: explicit validation files (instead of `root`).
         tasks: train on captions, VQA, or both mixed.
         image_size: side the images are resized to (linked to the encoder's).
-        batch_size: images per batch (each brings one caption and up to `questions_per_image` questions).
-        questions_per_image: questions sampled per image per training step.
+        batch_size: items per training batch (an item is an image with one caption and up to
+            `max_questions_per_item` of its questions), images per validation batch.
+        max_questions_per_item: training uses every annotated question once per epoch; an image with more than
+            this many is split into several items (`ImageTextDataset`). None: all of an image's in one item.
         max_text_len: prompt + target tokens; longer texts are cut.
         num_workers: loader worker processes.
         tokenizer_file: a `tokenizer.json` to use; None trains one on the training text (deterministic).
@@ -98,7 +100,7 @@ class VisionAttnDataModule(L.LightningDataModule):
         tasks: Literal["both", "caption", "vqa"] = "both",
         image_size: int = 64,
         batch_size: int = 64,
-        questions_per_image: int = 4,
+        max_questions_per_item: int | None = 8,
         max_text_len: int = 64,
         num_workers: int = 2,
         tokenizer_file: str | None = None,
@@ -181,22 +183,25 @@ class VisionAttnDataModule(L.LightningDataModule):
     def _dataset(self, records: list[ImageRecord], train: bool) -> ImageTextDataset:
         hp = self.hparams
         return ImageTextDataset(
-            records, self.codec, hp.image_size, hp.max_text_len, hp.questions_per_image if train else None, hp.tasks
+            records, self.codec, hp.image_size, hp.max_text_len, hp.tasks, train, hp.max_questions_per_item
         )
 
     def _loader(self, records: list[ImageRecord], train: bool) -> DataLoader:
         if self.codec is None:
             raise RuntimeError("VisionAttnDataModule: call prepare_data() and setup() first (a Trainer does)")
         hp = self.hparams
+        dataset = self._dataset(records, train)
+        if train and not len(dataset):
+            raise ValueError(f"data: no training image has a text for data.tasks={hp.tasks!r}")
         return DataLoader(
-            self._dataset(records, train),
+            dataset,
             batch_size=hp.batch_size,
             shuffle=train,
             num_workers=hp.num_workers,
             collate_fn=collate,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=hp.num_workers > 0,
-            drop_last=train and len(records) > hp.batch_size,
+            drop_last=train and len(dataset) > hp.batch_size,
             worker_init_fn=die_with_parent,
         )
 
