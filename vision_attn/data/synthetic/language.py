@@ -66,7 +66,7 @@ def with_article(word: str) -> str:
 
 
 def join_phrases(phrases: list[str]) -> str:
-    """ "x", "x and y", "x, y and z"."""
+    """The phrases as a list in words: "x", "x and y", "x, y and z"."""
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
@@ -182,7 +182,7 @@ QUESTION_KINDS: tuple[str, ...] = tuple(DEMO_ASKERS)  # the demo's kinds, in the
 def _annotate(answer: str, rng: random.Random) -> tuple[str, ...]:
     """Ten annotator answers; for a number, 1 or 2 annotators sometimes spell it out."""
     answers = [answer] * 10
-    if answer.isdigit() and rng.random() < 0.3:
+    if answer.isdigit() and int(answer) < len(NUMBER_WORDS) and rng.random() < 0.3:
         for i in rng.sample(range(10), rng.choice((1, 2))):
             answers[i] = NUMBER_WORDS[int(answer)]
     return tuple(answers)

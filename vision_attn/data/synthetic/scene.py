@@ -36,7 +36,7 @@ _SUPERSAMPLE = 2
 
 @dataclass(frozen=True)
 class Obj:
-    """One object: its words, its centre (integer pixels) and its width `extent` (its height too but for a rectangle)."""
+    """One object: its words, its centre (integer pixels) and its width `extent` (its height but for a rectangle)."""
 
     shape: str
     color: str

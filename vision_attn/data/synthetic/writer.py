@@ -52,8 +52,9 @@ def write_split(
         image_size: side of the square images in pixels.
         shapes: the instance categories, in id order (the variant's shapes; default the demo's).
 
-    A split without captions (a VQA-only variant) still gets a captions file: its images and no annotations, as
-    COCO's image-info files for test splits are, so that readers find the split's file names there.
+    A split without captions (a VQA-only variant) still gets a captions file, with its images and an empty list of
+    annotations (as COCO's image-info files list test images without captions), so that readers find the split's
+    image file names where they look for them.
     """
     subtype = f"{split}2014"
     images = [
