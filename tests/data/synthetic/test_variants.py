@@ -99,7 +99,7 @@ def _answer(q: str, objs: list[dict], size: int, colors: set[str]) -> str:
         return str(sum(o["shape"] == m[1] for o in objs))
     if m := re.fullmatch(r"is the (\w+) (\w+) above the (\w+) (\w+)\?", q):
         a, b = _the(objs, color=m[1], shape=m[2]), _the(objs, color=m[3], shape=m[4])
-        assert abs(a["cy"] - b["cy"]) > 2, "above/below asked about objects at the same height"
+        assert abs(a["cy"] - b["cy"]) > 5, "above/below asked about objects at about the same height"
         return yes[a["cy"] < b["cy"]]
     if m := re.fullmatch(r"which is larger, the (\w+)(?: shape)? or the (\w+)(?: shape)?\?", q):
         attr = "color" if m[1] in colors else "shape"

@@ -143,7 +143,7 @@ def _described(objs: list[Obj]) -> list[Obj]:
 
 
 def _ask_above(objs: list[Obj], rng: random.Random, ctx: Context) -> list[tuple[str, str]]:
-    m = _margin(ctx)
+    m = 2 * _margin(ctx)  # twice the midline's: two objects side by side a few pixels apart are neither above
     # both orders of every pair, so exactly half the questions are answered yes
     return [
         (f"is the {a.color} {a.shape} above the {b.color} {b.shape}?", "yes" if a.cy < b.cy else "no")
