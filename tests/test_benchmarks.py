@@ -13,6 +13,8 @@ from serving import serve_model_dir_fixture  # noqa: F401  (a fixture)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from vision_attn.data.synthetic.variants import VARIANTS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -115,3 +117,19 @@ def test_serve_throughput_checks_every_answer_and_writes_results(
     assert payload["every_answer_equals_its_lone_answer"] and payload["settings"]["requests_per_run"] == 8
     run = payload["runs"]["new"][0]
     assert run["answers_per_s"] > 0 and run["answers_unlike_lone"] == 0 and run["idle_cpu_percent_of_a_core"] < 50
+
+
+def test_suite_quick_trains_and_scores_each_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--quick end to end on a VQA-only variant and one with captions: make, fit, export, evaluate, tables."""
+    suite = bench("suite", monkeypatch)
+    out = tmp_path / "suite.json"
+    payload = suite.main(["--quick", "--variants", "shapes64,counting", "--work", str(tmp_path), "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(payload))
+    kinds = {(r["variant"], r["kind"]) for r in payload["results"]}
+    assert kinds == {(v, k) for v in ("shapes64", "counting") for k in VARIANTS[v].question_kinds}
+    for row in payload["results"]:
+        assert 0 <= row["accuracy"] <= 100 and 0 <= row["majority"] <= 100 and row["questions"] > 0
+    shapes64, counting = payload["summary"]
+    assert shapes64["bleu4"] is None and shapes64["questions"] == 8 * 4  # VQA only: 8 val images, 4 questions each
+    assert isinstance(counting["bleu4"], float) and counting["questions"] == 8 * 6
+    assert (tmp_path / "quick" / "counting" / "run" / "model" / "model.safetensors").is_file()

@@ -94,6 +94,20 @@ def test_make_synthetic_command(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert len(read_split(tmp_path, "val")) == 2
 
 
+def test_make_synthetic_variant_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--variant picks the data and, without --image-size, its image size; a VQA-only variant has no captions."""
+    args = ["make-synthetic", "--out", str(tmp_path), "--variant", "shapes64", "--train", "2", "--val", "1"]
+    assert main([*args, "--workers", "1"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["train_captions"] == 0 and counts["train_questions"] == 8
+    (record,) = read_split(tmp_path, "val")
+    with Image.open(record.path) as im:
+        assert im.size == (64, 64)
+    with pytest.raises(SystemExit):
+        main(["make-synthetic", "--out", str(tmp_path), "--variant", "nope"])
+    assert "invalid choice: 'nope' (choose from 'demo', 'shapes64', 'relations', 'counting')" in capsys.readouterr().err
+
+
 def test_export_folder_is_self_contained(model_dir: Path, checkpoint: Path) -> None:
     assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     model = VisionAttnModel.from_pretrained(model_dir)

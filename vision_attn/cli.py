@@ -25,7 +25,13 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     from vision_attn.data.synthetic import make_synthetic
 
     counts = make_synthetic(
-        args.out, n_train=args.train, n_val=args.val, seed=args.seed, image_size=args.image_size, workers=args.workers
+        args.out,
+        n_train=args.train,
+        n_val=args.val,
+        seed=args.seed,
+        image_size=args.image_size,
+        workers=args.workers,
+        variant=args.variant,
     )
     print(json.dumps(counts))
     return 0
@@ -222,12 +228,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("make-synthetic", help="write the built-in dataset in the COCO 2014 + VQAv2 layout")
+    from vision_attn.data.synthetic.variants import VARIANTS
+
+    s = sub.add_parser(
+        "make-synthetic",
+        help="write the built-in dataset (or a variant of it) in the COCO 2014 + VQAv2 layout",
+        description="Write a synthetic dataset in the COCO 2014 + VQAv2 layout. Variants (--variant):\n"
+        + "\n".join(f"  {v.name:10s} {v.image_size:3d} px: {v.summary}" for v in VARIANTS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--variant", choices=list(VARIANTS), default="demo", help="which data (default: demo)")
     s.add_argument("--train", type=int, default=20000, help="training images")
     s.add_argument("--val", type=int, default=1000, help="validation images")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--image-size", type=int, default=128, help="rendered image side in pixels")
+    s.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="rendered image side in pixels (default: the variant's: "
+        + ", ".join(f"{v.name} {v.image_size}" for v in VARIANTS.values())
+        + ")",
+    )
     s.add_argument("--workers", type=int, default=None, help="rendering processes (default: up to 4)")
     s.set_defaults(func=cmd_make_synthetic)
 

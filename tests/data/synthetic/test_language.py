@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from vision_attn.data.synthetic.language import QUESTION_KINDS, make_captions, make_questions
+from vision_attn.data.synthetic.language import QUESTION_KINDS, Context, make_captions, make_questions
 from vision_attn.data.synthetic.scene import sample_scene
 
 
@@ -20,7 +20,7 @@ def test_caption_and_question_statistics() -> None:
         objs = sample_scene(rng, 128)  # the scene assertions are in test_scene.py
         captions = make_captions(objs, rng)
         assert len(set(captions)) == 5 and all(len(c.split()) <= 45 for c in captions)
-        questions = make_questions(objs, rng, 128)
+        questions = make_questions(objs, rng, Context(128))
         assert len({q.question for q in questions}) == 8
         for q in questions:
             kinds[q.kind] += 1

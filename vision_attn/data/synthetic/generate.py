@@ -12,8 +12,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vision_attn.data.coco import IMAGE_2014
-from vision_attn.data.synthetic.language import make_captions, make_questions
 from vision_attn.data.synthetic.scene import render_scene
+from vision_attn.data.synthetic.variants import get_variant
 from vision_attn.data.synthetic.writer import Example, write_split
 
 logger = logging.getLogger(__name__)
@@ -25,13 +25,14 @@ def _image_id(split: str, index: int) -> int:
     return index + 1 if split == "train" else VAL_ID_OFFSET + index
 
 
-def make_example(task: tuple[str, str, int, int, int]) -> Example:
-    """Render image `index` of `split`, save its JPEG and return its annotations (runs in a worker)."""
-    out, split, index, seed, image_size = task
+def make_example(task: tuple[str, str, int, int, int, str]) -> Example:
+    """Render image `index` of `split` of a variant, save its JPEG and return its annotations (runs in a worker)."""
+    out, split, index, seed, image_size, name = task
+    variant = get_variant(name)
     rng = random.Random(f"{seed}-{split}-{index}")
-    image, objs = render_scene(rng, image_size)
-    captions = make_captions(objs, rng)
-    questions = make_questions(objs, rng, image_size)
+    image, objs = render_scene(rng, image_size, variant.scene)
+    captions = variant.captions(objs, rng)
+    questions = variant.questions(objs, rng, image_size)
     image_id = _image_id(split, index)
     file_name = IMAGE_2014.format(subtype=f"{split}2014", image_id=image_id)
     image.save(Path(out) / f"{split}2014" / file_name, "JPEG", quality=95)
@@ -43,8 +44,9 @@ def make_synthetic(
     n_train: int = 20000,
     n_val: int = 1000,
     seed: int = 0,
-    image_size: int = 128,
+    image_size: int | None = None,
     workers: int | None = None,
+    variant: str = "demo",
 ) -> dict[str, int]:
     """Write the dataset under `out`; return counts (images/captions/questions per split). Deterministic for a seed.
 
@@ -53,12 +55,15 @@ def make_synthetic(
         n_train: number of training images (ids 1..n_train).
         n_val: number of validation images (ids from 1_000_000).
         seed: dataset seed; image `i` of a split depends only on (seed, split, i).
-        image_size: side of the square images in pixels (>= 32).
+        image_size: side of the square images in pixels (>= 32); default the variant's (demo: 128).
         workers: rendering processes; default min(cpu count, 4). 1 renders in this process.
+        variant: which data (`variants.VARIANTS`): "demo" (the built-in set), "shapes64", "relations", "counting".
 
     Returns:
         {"train_images", "train_captions", "train_questions", "val_images", "val_captions", "val_questions"}.
     """
+    spec = get_variant(variant)
+    image_size = spec.image_size if image_size is None else image_size
     if not 0 <= n_train < VAL_ID_OFFSET:
         raise ValueError(f"n_train={n_train}: choose 0 <= n_train < {VAL_ID_OFFSET} (val image ids start there)")
     if n_val < 0:
@@ -78,12 +83,12 @@ def make_synthetic(
     try:
         for split, n in splits.items():
             (out / f"{split}2014").mkdir(exist_ok=True)
-            tasks = [(str(out), split, i, seed, image_size) for i in range(n)]
+            tasks = [(str(out), split, i, seed, image_size, variant) for i in range(n)]
             # imap keeps task order, so the result never depends on which worker rendered what
             chunksize = max(1, min(64, n // (8 * workers)))
             results = pool.imap(make_example, tasks, chunksize) if pool else map(make_example, tasks)
             examples = list(tqdm(results, total=n, desc=f"synthetic {split}2014", unit="img"))
-            write_split(out, split, examples, image_size)
+            write_split(out, split, examples, image_size, spec.scene.shapes)
             counts[f"{split}_images"] = n
             counts[f"{split}_captions"] = sum(len(ex.captions) for ex in examples)
             counts[f"{split}_questions"] = sum(len(ex.questions) for ex in examples)
@@ -92,7 +97,8 @@ def make_synthetic(
             pool.close()
             pool.join()
     logger.info(
-        "wrote synthetic COCO/VQAv2 dataset to %s: %d train / %d val images, %d captions, %d questions in %.1fs",
+        "wrote synthetic COCO/VQAv2 dataset (%s) to %s: %d train / %d val images, %d captions, %d questions in %.1fs",
+        variant,
         out,
         n_train,
         n_val,

@@ -40,7 +40,9 @@ def _dump(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj), encoding="utf-8")  # dumps uses the C encoder, json.dump does not
 
 
-def write_split(out: Path, split: str, examples: list[Example], image_size: int) -> None:
+def write_split(
+    out: Path, split: str, examples: list[Example], image_size: int, shapes: tuple[str, ...] = SHAPES
+) -> None:
     """Write the COCO captions/instances and VQAv2 questions/annotations files of one split (``{split}2014``).
 
     Args:
@@ -48,6 +50,11 @@ def write_split(out: Path, split: str, examples: list[Example], image_size: int)
         split: "train" or "val".
         examples: the split's images in id order.
         image_size: side of the square images in pixels.
+        shapes: the instance categories, in id order (the variant's shapes; default the demo's).
+
+    A split without captions (a VQA-only variant) still gets a captions file, with its images and an empty list of
+    annotations (as COCO's image-info files list test images without captions), so that readers find the split's
+    image file names where they look for them.
     """
     subtype = f"{split}2014"
     images = [
@@ -69,12 +76,12 @@ def write_split(out: Path, split: str, examples: list[Example], image_size: int)
     ]
     _dump({**header, "annotations": captions}, out / "annotations" / CAPTIONS_FILE.format(subtype=subtype))
 
-    categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
+    categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(shapes)]
     instances = [
         {
             "id": ex.image_id * 10 + j,
             "image_id": ex.image_id,
-            "category_id": SHAPES.index(o.shape) + 1,
+            "category_id": shapes.index(o.shape) + 1,
             "segmentation": [[round(v, 2) for point in outline(o) for v in point]],
             "area": round(o.area, 2),
             "bbox": o.bbox,
