@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         subprocess.run(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT, check=True)
     seconds = time.perf_counter() - start
     return {
+        "data_root": str(args.data_root),
         "flags": args.extra,
         "steps": args.steps,
         "seconds": round(seconds, 1),
