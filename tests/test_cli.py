@@ -367,7 +367,8 @@ def test_caption_command_compiled_equals_uncompiled(
     assert main([*args[:-5], "--compile", *paths]) == 0
     assert capsys.readouterr().out.splitlines() == plain
     assert compiled_graphs() == 1
-    assert len(plain) == 5 and all(len(line.split("\t")[1]) > 0 for line in plain)
+    # a 3-step model may end a caption at once (EOS first): the lines are path<TAB>caption, one per image
+    assert [line.split("\t")[0] for line in plain] == paths and any(line.split("\t")[1] for line in plain)
 
 
 def test_pipeline_bf16_autocast_is_off_on_cpu_by_default_and_works_when_asked(

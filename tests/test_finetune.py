@@ -138,7 +138,7 @@ def test_schedule_scales_each_group_from_its_own_rate(synthetic_root: Path, tmp_
     mod = module(tokenizer=dm.tokenizer, pretrained_lr=1e-5, freeze=["encoder"])
     # mark the LM pretrained as a config would (decoder.pretrained is read, not loaded, by the optimizer setup)
     mod.model_config.decoder.pretrained = "a pretrained LM folder"
-    mod.trainer = SimpleNamespace(estimated_stepping_batches=100)  # all configure_optimizers reads of it
+    mod.trainer = SimpleNamespace(estimated_stepping_batches=100, callbacks=[])  # what configure_optimizers reads
     conf = mod.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     assert [(g["name"], g["initial_lr"]) for g in opt.param_groups] == [
