@@ -93,6 +93,18 @@ def test_caption_only_and_vqa_only_data(synthetic_root: Path, tmp_path: Path) ->
     assert "vqa" in batch and "caption" not in batch
 
 
+def test_a_task_the_data_has_no_text_for_is_a_clear_error(synthetic_root: Path, tmp_path: Path) -> None:
+    """Captions asked of a VQA-only set: no training item at all, said before any step, naming the setting."""
+    dm = _dm(
+        tmp_path,
+        tasks="caption",
+        train_files=_files(synthetic_root, "train", captions=False),
+        val_files=_files(synthetic_root, "val", captions=False),
+    )
+    with pytest.raises(ValueError, match="no training image has a text for data.tasks='caption'"):
+        dm.train_dataloader()
+
+
 # ---------------------------------------------------------------------------------------------- the tokenizer
 
 
