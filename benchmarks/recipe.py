@@ -19,15 +19,12 @@ import argparse
 import csv
 import json
 import logging
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.record import REPO, run_python
+
 log = logging.getLogger("benchmarks.recipe")
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "recipe_cpu.json"
 
 
@@ -53,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def fit_command(args: argparse.Namespace, run: Path) -> list[str]:
     """`train.py fit` for a fixed number of steps with validation every --val-every steps."""
     return [
-        sys.executable, "train.py", "fit", "--config", str(args.config),
+        "train.py", "fit", "--config", str(args.config),
         "--data.root", str(args.data_root),
         "--trainer.default_root_dir", str(run),
         "--trainer.max_steps", str(args.steps), "--trainer.max_epochs", "-1", "--trainer.max_time", "null",
@@ -77,13 +74,9 @@ def read_curve(metrics_csv: Path) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = (args.work / args.name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     cmd = fit_command(args, run_dir)
-    log.info("%s: %s", args.name, " ".join(cmd))
-    start = time.perf_counter()
-    with (run_dir / "fit.log").open("w") as logf:
-        subprocess.run(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT, check=True)
-    seconds = time.perf_counter() - start
+    log.info("%s: python %s", args.name, " ".join(cmd))
+    seconds = run_python(cmd, args.threads, run_dir / "fit.log")
     return {
         "data_root": str(args.data_root),
         "flags": args.extra,

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,19 @@ def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]])
     print("|" + "|".join("---" for _ in columns) + "|")
     for row in rows:
         print("| " + " | ".join(cell(row, k, f) for k, _, f in columns) + " |")
+
+
+def run_python(cmd: list[str], threads: int, logfile: Path) -> float:
+    """`python <cmd>` in the repository at `threads` torch threads, its output to `logfile`; seconds it took.
+
+    A failure stops the benchmark with the command and the end of its log.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with logfile.open("w") as f:
+        rc = subprocess.run([sys.executable, *cmd], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc:
+        tail = "\n".join(logfile.read_text().splitlines()[-30:])
+        raise SystemExit(f"`python {' '.join(cmd)}` failed ({rc}); the end of {logfile}:\n{tail}")
+    return time.monotonic() - start

@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,7 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks.peers import SIZES
-from benchmarks.record import REPO, RESULTS, print_table, report
+from benchmarks.record import RESULTS, print_table, report, run_python
 from vision_attn.data.layout import read_split
 from vision_attn.data.synthetic import make_synthetic
 from vision_attn.data.synthetic.variants import VARIANTS
@@ -78,19 +75,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def python(cmd: list[str], threads: int, logfile: Path) -> float:
-    """`python <cmd>` in the repository at `threads`, its output to `logfile` (its tail shown if it fails); seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    with logfile.open("w") as f:
-        rc = subprocess.run([sys.executable, *cmd], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc:
-        tail = "\n".join(logfile.read_text().splitlines()[-30:])
-        raise SystemExit(f"`python {' '.join(cmd)}` failed ({rc}); the end of {logfile}:\n{tail}")
-    return time.monotonic() - t0
-
-
 def ensure_data(name: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """The variant's data folder, made unless its stamp says it holds these sizes and this seed."""
     n_train, n_val = DATA_SIZES[name]
@@ -113,13 +97,13 @@ def train_and_score(name: str, data: Path, args: argparse.Namespace) -> dict[str
     shutil.rmtree(run, ignore_errors=True)  # LightningCLI refuses to overwrite an earlier run's config.yaml
     fit = ["train.py", "fit", "--config", "configs/demo.yaml", "--data.root", str(data)]
     fit += ["--trainer.default_root_dir", str(run), *(QUICK_FIT if args.quick else []), *args.extra]
-    fit_s = python(fit, args.threads, run / "fit.log")
+    fit_s = run_python(fit, args.threads, run / "fit.log")
     export = ["-m", "vision_attn.cli", "export", str(run / "checkpoints" / "last.ckpt"), str(run / "model")]
-    python(export, args.threads, run / "export.log")
+    run_python(export, args.threads, run / "export.log")
     evaluate = ["-m", "vision_attn.cli", "evaluate", "--model", str(run / "model"), "--data-root", str(data)]
     evaluate += ["--split", "val", "--baseline-split", "train", "--out", str(run), "--no-meteor"]
     evaluate += ["--max-images", str(args.eval_images)] if args.eval_images else []
-    eval_s = python(evaluate, args.threads, run / "evaluate.log")
+    eval_s = run_python(evaluate, args.threads, run / "evaluate.log")
     metrics = json.loads((run / "metrics.json").read_text())
     return {"run": str(run), "fit_s": fit_s, "eval_s": eval_s, "metrics": metrics}
 

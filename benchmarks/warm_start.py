@@ -31,9 +31,6 @@ import csv
 import json
 import logging
 import math
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +42,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from benchmarks.peers import SIZES
-from benchmarks.record import REPO, RESULTS, print_table, report
+from benchmarks.record import RESULTS, print_table, report, run_python
 from vision_attn.data.layout import ImageRecord, read_split
 
 log = logging.getLogger("benchmarks.warm_start")
@@ -100,7 +97,9 @@ def ensure_data(args: argparse.Namespace) -> None:
         return
     log.info("making the built-in set in %s", root)
     cmd = ["-m", "vision_attn.cli", "make-synthetic", "--out", str(root), "--train", str(args.make_train)]
-    python(cmd + ["--val", str(args.make_val), "--seed", str(args.seed)], args, root.parent / "make-synthetic.log")
+    run_python(
+        cmd + ["--val", str(args.make_val), "--seed", str(args.seed)], args.threads, root.parent / "make-synthetic.log"
+    )
 
 
 def train_tokenizer(records: list[ImageRecord]) -> PreTrainedTokenizerFast:
@@ -286,17 +285,6 @@ def pretrain_lms(args: argparse.Namespace) -> dict[str, Any]:
 # ---- the captioners ----
 
 
-def python(cmd: list[str], args: argparse.Namespace, logfile: Path) -> None:
-    """`python <cmd>` in the repository, at --threads, its output to `logfile` (its tail shown if it fails)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    with logfile.open("w") as f:
-        rc = subprocess.run([sys.executable, *cmd], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc:
-        tail = "\n".join(logfile.read_text().splitlines()[-30:])
-        raise SystemExit(f"`python {' '.join(cmd)}` failed ({rc}); the end of {logfile}:\n{tail}")
-
-
 class GateInit(L.Callback):
     """Diagnostic (--gate-init): every cross-attention gate's alpha starts at `alpha` instead of 0 (closed)."""
 
@@ -325,16 +313,12 @@ def captioner(name: str, lm: Path | None, args: argparse.Namespace) -> dict[str,
     fit += args.extra
     if args.quick:
         fit += ["--model.warmup_steps", "4"]
-    t0 = time.monotonic()
-    python(fit, args, run / "fit.log")
-    fit_s = time.monotonic() - t0
-    python(["-m", "vision_attn.cli", "export", str(run / "checkpoints" / "last.ckpt"), str(run / "model")], args,
-           run / "export.log")  # fmt: skip
+    fit_s = run_python(fit, args.threads, run / "fit.log")
+    export = ["-m", "vision_attn.cli", "export", str(run / "checkpoints" / "last.ckpt"), str(run / "model")]
+    run_python(export, args.threads, run / "export.log")
     evaluate = ["-m", "vision_attn.cli", "evaluate", "--model", str(run / "model"), "--data-root", str(args.data_root)]
     evaluate += ["--split", "val", "--max-images", str(args.eval_images), "--out", str(run / "eval")]
-    t0 = time.monotonic()
-    python([*evaluate, "--no-meteor", "--device", "cpu"], args, run / "evaluate.log")
-    eval_s = time.monotonic() - t0
+    eval_s = run_python([*evaluate, "--no-meteor", "--device", "cpu"], args.threads, run / "evaluate.log")
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     losses = logged(run / "metrics.csv")
     if len(losses["caption_loss"]) != args.steps:

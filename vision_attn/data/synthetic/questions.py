@@ -65,22 +65,22 @@ def _named(objs: list[Obj]) -> list[Obj]:
     return [o for o in objs if is_unique(objs, color=o.color)]
 
 
-def _ask_left_half(objs: list[Obj], rng: random.Random, ctx: Context) -> list[tuple[str, str]]:
+def _halves(objs: list[Obj], ctx: Context, axis: str, half: str) -> list[tuple[str, str]]:
+    """ "is the X object in the <half> half of the image?" for each named object clear of the midline on `axis`."""
     mid, m = ctx.image_size / 2, _margin(ctx)
     return [
-        (f"is the {o.color} object in the left half of the image?", "yes" if o.cx < mid else "no")
+        (f"is the {o.color} object in the {half} half of the image?", "yes" if getattr(o, axis) < mid else "no")
         for o in _named(objs)
-        if abs(o.cx - mid) > m
+        if abs(getattr(o, axis) - mid) > m
     ]
+
+
+def _ask_left_half(objs: list[Obj], rng: random.Random, ctx: Context) -> list[tuple[str, str]]:
+    return _halves(objs, ctx, "cx", "left")
 
 
 def _ask_top_half(objs: list[Obj], rng: random.Random, ctx: Context) -> list[tuple[str, str]]:
-    mid, m = ctx.image_size / 2, _margin(ctx)
-    return [
-        (f"is the {o.color} object in the top half of the image?", "yes" if o.cy < mid else "no")
-        for o in _named(objs)
-        if abs(o.cy - mid) > m
-    ]
+    return _halves(objs, ctx, "cy", "top")
 
 
 def _ask_shape_of(objs: list[Obj], rng: random.Random, ctx: Context) -> list[tuple[str, str]]:
