@@ -91,6 +91,27 @@ def test_forward_groups_equal_separate_forwards(tiny_model: VisionAttnModel, ima
     torch.testing.assert_close(got[1], tiny_model(images, questions, image_index=q_index), atol=0, rtol=0)
 
 
+
+def test_texts_sharing_an_image_equal_repeated_images_with_gradients(make_model, images: Tensor) -> None:
+    """image_index picks each text's image keys/values (index_select): logits and every parameter's gradient equal
+    those of the images repeated, one per text (float32; the gradients of a shared image are summed in another
+    order, hence the tolerance)."""
+    index = torch.tensor([3, 0, 0, 2, 3, 3, 1])
+    ids = _ids(len(index), 6, seed=3)
+    labels = ids.roll(-1, dims=1)
+    labels[:, -1] = -100
+    grads = []
+    for imgs, idx in [(images, index), (images[index], None)]:
+        model = make_model().train()
+        logits = model(imgs, ids, image_index=idx)
+        text_loss(logits, labels).backward()
+        grads.append((logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (shared, g_shared), (repeated, g_repeated) = grads
+    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-5)
+    assert g_shared.keys() == g_repeated.keys() and g_shared
+    for name in g_shared:
+        torch.testing.assert_close(g_shared[name], g_repeated[name], atol=1e-5, rtol=1e-4, msg=name)
+
 def test_gradients_reach_encoder_and_decoder(make_model, images: Tensor) -> None:
     model = make_model().train()
     ids = _ids(4, 7)
