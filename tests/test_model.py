@@ -91,7 +91,6 @@ def test_forward_groups_equal_separate_forwards(tiny_model: VisionAttnModel, ima
     torch.testing.assert_close(got[1], tiny_model(images, questions, image_index=q_index), atol=0, rtol=0)
 
 
-
 def test_texts_sharing_an_image_equal_repeated_images_with_gradients(make_model, images: Tensor) -> None:
     """image_index picks each text's image keys/values (index_select): logits and every parameter's gradient equal
     those of the images repeated, one per text (float32; the gradients of a shared image are summed in another
@@ -111,6 +110,7 @@ def test_texts_sharing_an_image_equal_repeated_images_with_gradients(make_model,
     assert g_shared.keys() == g_repeated.keys() and g_shared
     for name in g_shared:
         torch.testing.assert_close(g_shared[name], g_repeated[name], atol=1e-5, rtol=1e-4, msg=name)
+
 
 def test_gradients_reach_encoder_and_decoder(make_model, images: Tensor) -> None:
     model = make_model().train()
