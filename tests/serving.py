@@ -17,7 +17,6 @@ from PIL import Image
 
 from vision_attn import GenerationConfig, Pipeline
 from vision_attn.attention_maps import AttentionResult
-from vision_attn.config import DecoderConfig, EncoderConfig, ModelConfig
 from vision_attn.data.tokenizer import save_tokenizer, train_tokenizer
 from vision_attn.serving.harness import RunningServer, running_server
 from vision_attn.serving.model import ATTENTION_DECIMALS, VQA_MIN_BEAMS
@@ -46,17 +45,10 @@ def png(width: int, height: int, seed: int) -> bytes:
 IMAGES = [png(32 + 8 * i, 40 + 4 * i, seed=i) for i in range(6)]
 
 
-def save_served_model(out: Path, demo_size: bool = False) -> Path:
-    """A tiny model with varied, image-dependent outputs (seeded O(1) weights) and a real tokenizer, in `out`;
-    with `demo_size`, random weights in the shape of configs/demo.yaml (64 px, conv stem, width 128: the serving
-    benchmark's stand-in for a trained demo model's compute)."""
+def save_served_model(out: Path) -> Path:
+    """A tiny model with varied, image-dependent outputs (seeded O(1) weights) and a real tokenizer, in `out`."""
     tok = train_tokenizer(TEXTS, vocab_size=120)
     config = tiny_config(vocab_size=len(tok), max_len=64)
-    if demo_size:
-        config = ModelConfig(
-            EncoderConfig(image_size=64, patch_size=8, stem="conv", dim=128, depth=4, num_heads=4),
-            DecoderConfig(vocab_size=len(tok), dim=128, depth=3, num_heads=4, max_len=64),
-        )
     build_tiny_model(config).save_pretrained(out)
     save_tokenizer(tok, out / "tokenizer.json")
     return out
