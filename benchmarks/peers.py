@@ -40,7 +40,7 @@ class Size:
 
 SIZES = {
     # configs/demo.yaml (vocabulary of the demo tokenizer, runs/demo/model)
-    "demo": Size("demo", 64, 8, 128, 4, 4, "conv", False, 128, 3, 4, 423),
+    "demo": Size("demo", 128, 16, 128, 4, 4, "conv", False, 128, 3, 4, 423),
     # the workload: ViT-B/16 at 224 + 12-layer 768-wide decoder, vocabulary 32,000
     "vit_b16": Size("vit_b16", 224, 16, 768, 12, 12, "patch", True, 768, 12, 12, 32000),
 }
