@@ -97,9 +97,8 @@ def ensure_data(args: argparse.Namespace) -> None:
         return
     log.info("making the built-in set in %s", root)
     cmd = ["-m", "vision_attn.cli", "make-synthetic", "--out", str(root), "--train", str(args.make_train)]
-    run_python(
-        cmd + ["--val", str(args.make_val), "--seed", str(args.seed)], args.threads, root.parent / "make-synthetic.log"
-    )
+    cmd += ["--val", str(args.make_val), "--seed", str(args.seed)]
+    run_python(cmd, args.threads, root.parent / "make-synthetic.log")
 
 
 def train_tokenizer(records: list[ImageRecord]) -> PreTrainedTokenizerFast:

@@ -142,7 +142,7 @@ class DecodingSession:
         if image_index is not None or len(src) != images.shape[0]:
             index = torch.tensor(src, device=images.device)
             index = index if image_index is None else image_index[index]
-            image_kv = [(k[index], v[index]) for k, v in image_kv]  # 2x[R, H, N, D]
+            image_kv = dec.select_images(image_kv, index)  # 2x[R, H, N, D]
         rows = [prompts[i] for i in src]
         # built as lists and copied once: a tensor write per prompt would be R small copies to a GPU
         device = images.device

@@ -114,6 +114,15 @@ class TextDecoder(nn.Module):
         """Image tokens [B, N, C] -> per cross-attention layer keys/values 2x[B, H, N, D]."""
         return [attn.image_kv(memory) for attn in self.cross_attns]
 
+    @staticmethod
+    def select_images(image_kv: list[tuple[Tensor, Tensor]], index: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per-layer keys/values 2x[B, H, N, D] -> 2x[M, H, N, D]: row i holds image index[i]'s.
+
+        index_select, not k[index]: its backward is a scatter-add, many times faster on the CPU than advanced
+        indexing's accumulating index_put (training gathers for every text of a batch).
+        """
+        return [(k.index_select(0, index), v.index_select(0, index)) for k, v in image_kv]
+
     def embed(self, input_ids: Tensor, positions: Tensor) -> tuple[Tensor, Rope]:
         """ids, positions [B, T] -> token vectors [B, T, C] (with learned positions added) and the rotary (cos, sin)."""
         x = self.tok_emb(input_ids)

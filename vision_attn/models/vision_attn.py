@@ -64,13 +64,7 @@ class VisionAttnModel(nn.Module):
         image_kv = self.decoder.image_kv(self.encode(images))  # per layer 2x[B, H, N, D]
         out = []
         for input_ids, image_index in groups:
-            # index_select, not k[image_index]: its backward is an index_add, many times faster on the CPU than
-            # advanced indexing's accumulating index_put
-            kv = (
-                image_kv
-                if image_index is None
-                else [(k.index_select(0, image_index), v.index_select(0, image_index)) for k, v in image_kv]
-            )
+            kv = image_kv if image_index is None else self.decoder.select_images(image_kv, image_index)
             out.append(self.decoder(input_ids, kv))  # [M_g, T_g, V]
         return out
 
