@@ -115,14 +115,11 @@ def named_vit(cfg: EncoderConfig) -> nn.Module:
 
 class ConvStemEmbed(PatchEmbed):
     """timm's PatchEmbed with its single strided conv replaced by 3x3 stride-2 convolutions (total stride =
-    patch size), a stride-1 3x3 convolution after each of the last two, and a 1x1 projection.
+    patch size) and a 1x1 projection.
 
     Why: a ViT trained from scratch on little data learns locality slowly; with overlapping receptive fields
     each patch token sees a whole small object, so shapes are readable from single tokens early in
-    training (Xiao et al. 2021, "Early convolutions help transformers see better"). The two stride-1
-    convolutions widen a token's view from 31 to 79 px at patch 16 (15 to 39 at patch 8): a token on an object
-    sees the whole object, not one edge of it, so that "the circle" is something a question can attend to
-    (benchmarks/README.md, "Learning a new dataset").
+    training (Xiao et al. 2021, "Early convolutions help transformers see better").
     """
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int = 3, embed_dim: int = 768, **kwargs) -> None:
@@ -132,14 +129,7 @@ class ConvStemEmbed(PatchEmbed):
             raise ValueError(f"encoder.stem='conv' needs a power-of-two patch_size, got {patch_size}")
         widths = [in_chans] + [max(16, embed_dim >> (n - 1 - i)) for i in range(n)]  # ..., dim/2, dim
         layers: list[nn.Module] = []
-        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            layers += conv_bn_gelu(c_in, c_out, stride=2)
-            if i >= n - 2:
-                layers += conv_bn_gelu(c_out, c_out, stride=1)
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
         layers.append(nn.Conv2d(widths[-1], embed_dim, 1))
         self.proj = nn.Sequential(*layers)
-
-
-def conv_bn_gelu(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
-    """A 3x3 convolution (padding 1, no bias), batch norm and GELU: one layer of the conv stem."""
-    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
