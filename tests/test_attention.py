@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from vision_attn.layers import AttentionRecorder, CrossAttention, KVCache, SelfAttention, attention_weights
 
@@ -41,7 +41,14 @@ def ref_cross_attention(attn: CrossAttention, x: Tensor, memory: Tensor) -> Tens
     x, memory = x.double(), memory.double()
     k, v = _linear(memory, attn.kv).split(C, dim=-1)
     allowed = torch.ones(1, 1, x.shape[1], memory.shape[1], dtype=torch.bool)
-    return _linear(_ref_attend(_heads(_linear(x, attn.q)), _heads(k), _heads(v), allowed), attn.proj)
+    q, k = _head_norm(_heads(_linear(x, attn.q)), attn.q_norm), _head_norm(_heads(k), attn.k_norm)
+    return _linear(_ref_attend(q, k, _heads(v), allowed), attn.proj)
+
+
+def _head_norm(t: Tensor, norm: nn.LayerNorm) -> Tensor:
+    """QK-norm by hand: each head's D channels [B, H, T, D] to zero mean and unit variance, then scale and shift."""
+    t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    return t * norm.weight.double() + norm.bias.double()
 
 
 def causal(t: int) -> Tensor:
