@@ -370,8 +370,13 @@ def test_beam_hypotheses_are_ranked_and_hold_the_best(
     tiny_model: VisionAttnModel, images: Tensor, length_penalty: float
 ) -> None:
     """Hypotheses come best length-normalised score first; each one's score is its teacher-forced log-probability
-    (with its EOS when it ended before max_new_tokens), and the first is the returned sequence."""
+    (with its EOS when it ended before max_new_tokens), and the first is the returned sequence.
+
+    EOS gets a fixed logit of 2.0, in generation and teacher forcing alike: near the tiny model's top logits, so that
+    beams end at different lengths whatever the random weights (the last assertion checks that they do).
+    """
     max_new = 6
+    with_eos = no_eos(tiny_model, 2.0)
     out = gen(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=4, length_penalty=length_penalty)
     assert out.hypotheses is not None
     orders = set()
@@ -388,6 +393,7 @@ def test_beam_hypotheses_are_ranked_and_hold_the_best(
             normalised.append(logp / (len(tokens) + ended) ** length_penalty)
         assert normalised == sorted(normalised, reverse=True)  # best first
         orders.add(tuple(len(t) for t, _ in hyps))
+    with_eos.remove()
     assert any(len(set(o)) > 1 for o in orders)  # hypotheses of different lengths compete: the order matters
 
 
