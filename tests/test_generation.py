@@ -54,8 +54,9 @@ def eos_hook(
     return model.decoder.lm_head.register_forward_hook(hook)
 
 
-def no_eos(model: VisionAttnModel, value: float = float("-inf")) -> torch.utils.hooks.RemovableHandle:
-    """Set the EOS logit of every row of every call (generation and teacher forcing alike) to `value`."""
+def fixed_eos(model: VisionAttnModel, value: float = float("-inf")) -> torch.utils.hooks.RemovableHandle:
+    """Set the EOS logit of every row of every call (generation and teacher forcing alike) to `value`; the default
+    -inf means EOS is never chosen."""
 
     def hook(_mod: torch.nn.Module, _inp: tuple, out: Tensor) -> Tensor:
         out = out.clone()
@@ -79,7 +80,7 @@ def test_tiny_model_generates_varied_image_dependent_tokens(
     tiny_model: VisionAttnModel, make_model: Callable[..., VisionAttnModel], images: Tensor
 ) -> None:
     """Guards the fixture: with the library's small init every step would emit the same token."""
-    with no_eos(tiny_model):
+    with fixed_eos(tiny_model):
         out = gen(tiny_model, images, [[1, 3]] * 4, max_new_tokens=12)
     assert all(len(s) == 12 for s in out.sequences)
     assert len({tuple(s) for s in out.sequences}) >= 3  # the image changes the text
@@ -172,7 +173,7 @@ def test_image_index_equals_repeated_images(tiny_model: VisionAttnModel, images:
 def test_no_eos_runs_to_max_new_tokens(
     tiny_model: VisionAttnModel, images: Tensor, num_beams: int, eos_logit: float
 ) -> None:
-    with no_eos(tiny_model, eos_logit):
+    with fixed_eos(tiny_model, eos_logit):
         out = gen(tiny_model, images[:3], PROMPTS[:3], max_new_tokens=7, num_beams=num_beams)
     assert [len(s) for s in out.sequences] == [7, 7, 7]
     vocab = tiny_model.config.decoder.vocab_size
@@ -184,7 +185,7 @@ def test_no_eos_runs_to_max_new_tokens(
 @pytest.mark.parametrize("num_beams", [7, 8, 12, 30])
 def test_more_beams_than_vocabulary(make_model, make_config, images: Tensor, num_beams: int, forbid_eos: bool) -> None:
     model = make_model(make_config(vocab_size=8))
-    hook = no_eos(model) if forbid_eos else None
+    hook = fixed_eos(model) if forbid_eos else None
     out = gen(model, images[:2], [[1, 3], [1, 4, 5]], max_new_tokens=5, num_beams=num_beams)
     if hook:
         hook.remove()
@@ -250,7 +251,7 @@ def test_beam_search_with_enough_beams_is_exhaustive(
 def test_eos_stops_only_its_member(tiny_model: VisionAttnModel, images: Tensor, num_beams: int) -> None:
     """Member 1 is forced to EOS from its third token on; the others can never end and must run on unchanged."""
     kw = {"max_new_tokens": 8, "num_beams": num_beams}
-    with no_eos(tiny_model):
+    with fixed_eos(tiny_model):
         free = gen(tiny_model, images[:3], PROMPTS[:3], **kw)
     with eos_hook(tiny_model, 3, lambda c, b: 1e4 if (b == 1 and c >= 2) else float("-inf")):
         forced = gen(tiny_model, images[:3], PROMPTS[:3], **kw)
@@ -258,7 +259,7 @@ def test_eos_stops_only_its_member(tiny_model: VisionAttnModel, images: Tensor, 
     assert forced.sequences[0] == free.sequences[0] and forced.sequences[2] == free.sequences[2]
     assert forced.scores[0] == pytest.approx(free.scores[0], abs=1e-5)
     # member 1 ends with the best 2-token text (its EOS costs ~0 log-prob), as if it had been cut at 2 tokens
-    with no_eos(tiny_model):
+    with fixed_eos(tiny_model):
         cut = gen(tiny_model, images[:3], PROMPTS[:3], max_new_tokens=2, num_beams=num_beams)
     assert forced.sequences[1] == cut.sequences[1]
 
@@ -271,7 +272,7 @@ def test_eos_stops_only_its_member(tiny_model: VisionAttnModel, images: Tensor, 
 def test_max_new_tokens_is_respected(tiny_model: VisionAttnModel, images: Tensor, max_new: int, num_beams: int) -> None:
     out = gen(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=num_beams)
     assert all(len(s) <= max_new for s in out.sequences)
-    with no_eos(tiny_model):
+    with fixed_eos(tiny_model):
         out = gen(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=num_beams)
     assert all(len(s) == max_new for s in out.sequences)
 
@@ -279,7 +280,7 @@ def test_max_new_tokens_is_respected(tiny_model: VisionAttnModel, images: Tensor
 @pytest.mark.parametrize("num_beams", [1, 2])
 def test_prompt_plus_max_new_tokens_up_to_max_len(tiny_model: VisionAttnModel, images: Tensor, num_beams: int) -> None:
     prompt, max_len = [1, 4, 7, 5], tiny_model.config.decoder.max_len
-    with no_eos(tiny_model):  # exactly max_len tokens in all: fits, and every position is used
+    with fixed_eos(tiny_model):  # exactly max_len tokens in all: fits, and every position is used
         out = gen(tiny_model, images[:1], [prompt], max_new_tokens=max_len - 4, num_beams=num_beams)
     assert len(out.sequences[0]) == max_len - 4
     with pytest.raises(ValueError, match="max_len"):
@@ -340,7 +341,7 @@ def test_sampled_tokens_stay_in_the_nucleus(make_model, images: Tensor) -> None:
     model = make_model(dtype=torch.float64)
     images, top_p = images.double(), 0.6
     outside_greedy = 0
-    with no_eos(model):  # the same distribution for sampling and for the teacher-forced check
+    with fixed_eos(model):  # the same distribution for sampling and for the teacher-forced check
         outs = [_sample(model, images, seed, top_p=top_p)[0] for seed in range(4)]
         for seqs in outs:
             for i, (prompt, seq) in enumerate(zip(PROMPTS, seqs, strict=True)):
@@ -376,24 +377,23 @@ def test_beam_hypotheses_are_ranked_and_hold_the_best(
     beams end at different lengths whatever the random weights (the last assertion checks that they do).
     """
     max_new = 6
-    with_eos = no_eos(tiny_model, 2.0)
-    out = gen(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=4, length_penalty=length_penalty)
-    assert out.hypotheses is not None
     orders = set()
-    for i, (seq, hyps) in enumerate(zip(out.sequences, out.hypotheses, strict=True)):
-        assert 2 <= len(hyps) <= 4 and hyps[0][0] == seq
-        normalised = []
-        for tokens, logp in hyps:
-            ended = len(tokens) < max_new
-            tf = teacher_forced_logp(tiny_model, images[i], PROMPTS[i], tokens)
-            expected = sum(float(tf[t, tok]) for t, tok in enumerate(tokens)) + (
-                float(tf[len(tokens), EOS]) if ended else 0
-            )
-            assert logp == pytest.approx(expected, abs=1e-4)
-            normalised.append(logp / (len(tokens) + ended) ** length_penalty)
-        assert normalised == sorted(normalised, reverse=True)  # best first
-        orders.add(tuple(len(t) for t, _ in hyps))
-    with_eos.remove()
+    with fixed_eos(tiny_model, 2.0):
+        out = gen(tiny_model, images, PROMPTS, max_new_tokens=max_new, num_beams=4, length_penalty=length_penalty)
+        assert out.hypotheses is not None
+        for i, (seq, hyps) in enumerate(zip(out.sequences, out.hypotheses, strict=True)):
+            assert 2 <= len(hyps) <= 4 and hyps[0][0] == seq
+            normalised = []
+            for tokens, logp in hyps:
+                ended = len(tokens) < max_new
+                tf = teacher_forced_logp(tiny_model, images[i], PROMPTS[i], tokens)
+                expected = sum(float(tf[t, tok]) for t, tok in enumerate(tokens)) + (
+                    float(tf[len(tokens), EOS]) if ended else 0
+                )
+                assert logp == pytest.approx(expected, abs=1e-4)
+                normalised.append(logp / (len(tokens) + ended) ** length_penalty)
+            assert normalised == sorted(normalised, reverse=True)  # best first
+            orders.add(tuple(len(t) for t, _ in hyps))
     assert any(len(set(o)) > 1 for o in orders)  # hypotheses of different lengths compete: the order matters
 
 
