@@ -279,6 +279,33 @@ def test_evaluate_runs_under_the_pipeline_autocast_and_gives_its_texts(model_dir
     assert [preds.answers[q.question_id] for _, q in questions] == answers
 
 
+def test_evaluate_command_decodes_answers_with_their_own_beams(
+    model_dir: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    """`--num-beams` decodes captions and answers, `--answer-beams` answers alone: each file holds what the pipeline
+    gives under that setting (the untrained model's beam and greedy texts differ, so a swap would show)."""
+    records = read_split(synthetic_root, "val")[:4]
+    paths = [str(r.path) for r in records]
+    questions = [(str(r.path), q) for r in records for q in r.questions]
+    pipe = Pipeline.from_pretrained(model_dir, device="cpu")
+    beam, greedy = GenerationConfig(num_beams=3), GenerationConfig()
+    captions = {c: pipe.caption(paths, cfg) for c, cfg in (("beam", beam), ("greedy", greedy))}
+    answers = {
+        c: pipe.answer([p for p, _ in questions], [q.question for _, q in questions], cfg)
+        for c, cfg in (("beam", beam), ("greedy", greedy))
+    }
+    assert captions["beam"] != captions["greedy"] and answers["beam"] != answers["greedy"]
+    for flags, want in (([], "beam"), (["--answer-beams", "1"], "greedy")):
+        out = tmp_path / want
+        argv = ["evaluate", "--model", str(model_dir), "--data-root", str(synthetic_root), "--split", "val"]
+        argv += ["--max-images", "4", "--num-beams", "3", *flags, "--out", str(out), "--device", "cpu", "--no-meteor"]
+        assert main(argv) == 0
+        caps = {c["image_id"]: c["caption"] for c in json.loads((out / "captions_results.json").read_text())}
+        got = {a["question_id"]: a["answer"] for a in json.loads((out / "vqa_results.json").read_text())}
+        assert [caps[r.image_id] for r in records] == captions["beam"]
+        assert [got[q.question_id] for _, q in questions] == answers[want]
+
+
 def test_rank_answers_is_ranked_and_sums_to_at_most_one(model_dir: Path, synthetic_root: Path) -> None:
     pipe = Pipeline.from_pretrained(model_dir, device="cpu", batch_size=2)
     paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:3]]

@@ -63,7 +63,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from vision_attn.tasks import GenerationConfig
 
         pipe = Pipeline.from_pretrained(args.model, args.device, args.batch_size, compile=args.compile)
-        preds = evaluate_records(pipe, records, config=GenerationConfig(num_beams=args.num_beams))
+        answer_beams = args.num_beams if args.answer_beams is None else args.answer_beams
+        preds = evaluate_records(
+            pipe,
+            records,
+            config=GenerationConfig(num_beams=args.num_beams),
+            answer_config=GenerationConfig(num_beams=answer_beams),
+        )
     meteor = java_available() and not args.no_meteor
     if preds.captions and not meteor:
         log.warning("METEOR skipped: %s", "--no-meteor" if args.no_meteor else "no Java runtime on PATH")
@@ -280,7 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="output folder (default: next to the model, eval/)")
     s.add_argument("--max-images", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--num-beams", type=int, default=1)
+    s.add_argument("--num-beams", type=int, default=1, help="beams for captions, and for answers unless --answer-beams")
+    s.add_argument(
+        "--answer-beams",
+        type=int,
+        default=None,
+        help="beams for answers (default: --num-beams); answers are a word or two, where beams change little",
+    )
     s.add_argument("--device", default="auto")
     s.add_argument("--compile", action="store_true", help="compile the decoding step (CUDA graphs on a GPU)")
     s.add_argument("--no-meteor", action="store_true", help="skip METEOR (computed by default when Java is present)")

@@ -107,10 +107,12 @@ def evaluate_records(
     records: list[ImageRecord],
     num_workers: int = 0,
     config: GenerationConfig | None = None,
+    answer_config: GenerationConfig | None = None,
 ) -> Predictions:
     """Caption and answer all records with the pipeline (its device, autocast and batch size), with a progress bar.
 
-    config: how to decode captions and answers (default greedy; their lengths default to each task's).
+    config: how to decode captions, and answers unless `answer_config` is given (default greedy; their lengths
+        default to each task's).
     """
     ds = ImageDataset(records, pipe.model.config.encoder.image_size)
     loader = DataLoader(
@@ -123,7 +125,9 @@ def evaluate_records(
         if "images" in batch:
             with pipe.running():
                 preds.merge(
-                    predict_batch(pipe.tasks, batch["images"].to(pipe.device), batch["records"], config, config)
+                    predict_batch(
+                        pipe.tasks, batch["images"].to(pipe.device), batch["records"], config, answer_config or config
+                    )
                 )
     if skipped:
         log.warning("skipped %d unreadable images", skipped)
