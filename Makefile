@@ -24,9 +24,9 @@ demo: $(STAMP) $(DATA)/.complete
 	$(PY) train.py fit --config configs/demo.yaml
 	$(PY) -m vision_attn.cli export $(RUN)/checkpoints/last.ckpt $(RUN)/model
 	$(PY) -m vision_attn.cli evaluate --model $(RUN)/model --data-root $(DATA) --split val \
-		--baseline-split train --out $(RUN)
+		--baseline-split train --num-beams 3 --answer-beams 1 --out $(RUN)
 	@echo "--- captions of assets/ (attention pictures in $(RUN)/attention/) ---"
-	$(PY) -m vision_attn.cli caption --model $(RUN)/model --attention-dir $(RUN)/attention assets/
+	$(PY) -m vision_attn.cli caption --model $(RUN)/model --num-beams 3 --attention-dir $(RUN)/attention assets/
 	@echo "--- a question about assets/scene_1.jpg ---"
 	$(PY) -m vision_attn.cli vqa --model $(RUN)/model --image assets/scene_1.jpg --attention-dir $(RUN)/attention \
 		--question "$$(cat assets/scene_1.question.txt)"
