@@ -306,6 +306,27 @@ def test_evaluate_command_decodes_answers_with_their_own_beams(
         assert [got[q.question_id] for _, q in questions] == answers[want]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "--data-root", "d", "--model", "m", "--answer-beams", "0"],
+        ["evaluate", "--data-root", "d", "--model", "m", "--num-beams", "-2"],
+        ["caption", "--model", "m", "--num-beams", "three", "x.jpg"],
+        ["vqa", "--model", "m", "--image", "x.jpg", "--question", "q?", "--num-beams", "0"],
+    ],
+)
+def test_a_number_of_beams_below_one_is_refused_naming_the_option(
+    argv: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    """Refused by the parser before any model is loaded, with the option and the value in the message."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    option, value = argv[-3:-1] if argv[0] == "caption" else argv[-2:]
+    err = capsys.readouterr().err
+    assert f"argument {option}: expected a number of beams >= 1" in err and repr(value) in err
+
+
 def test_rank_answers_is_ranked_and_sums_to_at_most_one(model_dir: Path, synthetic_root: Path) -> None:
     pipe = Pipeline.from_pretrained(model_dir, device="cpu", batch_size=2)
     paths = [str(p) for p in sorted((synthetic_root / "val2014").glob("*.jpg"))[:3]]

@@ -154,6 +154,17 @@ class _PictureNames:
         return save_attention_figure(image, result, self.folder / name, title)
 
 
+def _beams(value: str) -> int:
+    """--num-beams, --answer-beams: a whole number >= 1 (1 = greedy)."""
+    try:
+        beams = int(value)
+    except ValueError:
+        beams = 0
+    if beams < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of beams >= 1 (1 = greedy), got {value!r}")
+    return beams
+
+
 def _layer(value: str) -> int | str:
     """--attention-layer: "mean" or a decoder layer index (negative counts from the last)."""
     if value == "mean":
@@ -286,10 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="output folder (default: next to the model, eval/)")
     s.add_argument("--max-images", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--num-beams", type=int, default=1, help="beams for captions, and for answers unless --answer-beams")
+    s.add_argument(
+        "--num-beams", type=_beams, default=1, help="beams for captions, and for answers unless --answer-beams"
+    )
     s.add_argument(
         "--answer-beams",
-        type=int,
+        type=_beams,
         default=None,
         help="beams for answers (default: --num-beams); answers are a word or two, where beams change little",
     )
@@ -301,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("caption", help="caption image files and folders (searched recursively)")
     s.add_argument("--model", required=True)
     s.add_argument("--json", action="store_true", help="JSON lines instead of path<TAB>caption")
-    s.add_argument("--num-beams", type=int, default=1)
+    s.add_argument("--num-beams", type=_beams, default=1)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--device", default="auto")
     s.add_argument(
@@ -323,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--image", required=True)
     s.add_argument("--question", required=True)
-    s.add_argument("--num-beams", type=int, default=1)
+    s.add_argument("--num-beams", type=_beams, default=1)
     s.add_argument("--top-k", type=int, default=None, help="print the K most likely answers with probabilities")
     s.add_argument("--json", action="store_true")
     s.add_argument("--device", default="auto")
