@@ -63,12 +63,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from vision_attn.tasks import GenerationConfig
 
         pipe = Pipeline.from_pretrained(args.model, args.device, args.batch_size, compile=args.compile)
-        answer_beams = args.num_beams if args.answer_beams is None else args.answer_beams
+        answers = None if args.answer_beams is None else GenerationConfig(num_beams=args.answer_beams)
         preds = evaluate_records(
-            pipe,
-            records,
-            config=GenerationConfig(num_beams=args.num_beams),
-            answer_config=GenerationConfig(num_beams=answer_beams),
+            pipe, records, config=GenerationConfig(num_beams=args.num_beams), answer_config=answers
         )
     meteor = java_available() and not args.no_meteor
     if preds.captions and not meteor:
