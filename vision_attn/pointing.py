@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from vision_attn.attention_maps import AttentionResult, reduce_maps
 from vision_attn.data.records import ImageRecord
 from vision_attn.inference import Pipeline
+from vision_attn.layers.attention import AttentionRecorder
+from vision_attn.tasks import vqa_prompt
 
 Box = tuple[float, float, float, float]  # x, y, width, height in pixels (COCO bbox)
 
@@ -71,10 +74,16 @@ def peak_in_box(attn: Tensor, box: Box, width: int, height: int) -> bool:
     return _centre_in_box(i, j, tuple(attn.shape), box, width, height)
 
 
+def box_patches(box: Box, width: int, height: int, grid: tuple[int, int]) -> Tensor:
+    """[h * w] bool, row-major: which patches of the square-resized image have their centre inside `box`."""
+    return torch.tensor(
+        [_centre_in_box(i, j, grid, box, width, height) for i in range(grid[0]) for j in range(grid[1])]
+    )
+
+
 def patch_chance(box: Box, width: int, height: int, grid: tuple[int, int]) -> float:
     """The share of patch centres inside `box`: the score of pointing at a random patch."""
-    hits = sum(_centre_in_box(i, j, grid, box, width, height) for i in range(grid[0]) for j in range(grid[1]))
-    return hits / (grid[0] * grid[1])
+    return box_patches(box, width, height, grid).float().mean().item()
 
 
 def word_rows(result: AttentionResult, scene: Scene, task: str) -> list[dict[str, Any]]:
@@ -156,3 +165,75 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
         out[task]["ratio_to_chance"] = {m: v / chance for m, v in out[task]["hit_rate"].items()}
     return out
+
+
+def named_objects(word: str, scene: Scene) -> list[SceneObject]:
+    """Every object `word` names, a plural too ("circles" -> the circles; "red," -> the red objects)."""
+    word = word.strip(string.punctuation).lower()
+    return [o for o in scene.objects if word in o.names or (word.endswith("s") and word[:-1] in o.names)]
+
+
+def question_lookup(pipe: Pipeline, records: Sequence[ImageRecord], scenes: dict[int, Scene]) -> list[dict[str, Any]]:
+    """Does the decoder look up in the image what a question's word names? For the first word of each question
+    that names some objects of its scene but not all (a colour, a category, or its plural), the cross-attention
+    of every layer and head at that word and at each prompt token after it, teacher-forced (no answer is
+    generated): the attention mass on the patches of the objects it names and on those of the other objects.
+
+    Returns one row per such question: question_type, word, kind ("category"/"color"), named/other (the share
+    of patches each group covers) and mass [L, H, K, 2] (K = prompt tokens from the word to the last; the two
+    masses: named, other). Words a tokenizer splits into several pieces are not matched and are left out.
+    """
+    model, codec = pipe.model, pipe.codec
+    grid = model.encoder.grid
+    rows: list[dict[str, Any]] = []
+    with AttentionRecorder(model.decoder.cross_attns) as rec, pipe.running():
+        for r in records:
+            scene = scenes.get(r.image_id)
+            if scene is None or not r.questions:
+                continue
+            image = pipe.preprocess(r.path)[None].to(pipe.device)
+            for q in r.questions:
+                ids = vqa_prompt(codec, q.question)
+                words = [codec.tok.decode([i]).strip(string.punctuation + " ").lower() for i in ids]
+                hit = next(
+                    (
+                        (t, w)
+                        for t, w in enumerate(words)
+                        if w and 0 < len(named_objects(w, scene)) < len(scene.objects)
+                    ),
+                    None,
+                )
+                if hit is None:
+                    continue
+                t, word = hit
+                named = named_objects(word, scene)
+                masks = [box_patches(o.box, scene.width, scene.height, grid) for o in scene.objects]
+                in_named = torch.stack([m for m, o in zip(masks, scene.objects, strict=True) if o in named]).any(0)
+                in_other = torch.stack(masks).any(0) & ~in_named
+                if not in_named.any() or not in_other.any():
+                    continue
+                model(image, torch.tensor([ids], device=pipe.device))
+                w = torch.stack([x[0, :, t:] for x in rec.weights]).float().cpu()  # [L, H, K, N]
+                mass = torch.stack([w[..., in_named].sum(-1), w[..., in_other].sum(-1)], dim=-1)  # [L, H, K, 2]
+                kind = "category" if any(word in (o.category, o.category + "s") for o in named) else "color"
+                rows.append(
+                    {
+                        "question_type": q.question_type,
+                        "word": word,
+                        "kind": kind,
+                        "named": in_named.float().mean().item(),
+                        "other": in_other.float().mean().item(),
+                        "mass": mass,
+                    }
+                )
+    return rows
+
+
+def lookup_selectivity(rows: Sequence[dict[str, Any]]) -> Tensor:
+    """Rows of `question_lookup` -> [L, H, K] selectivity: mean attention per named-object patch over mean
+    attention per other-object patch (1 = no preference; K = the fewest prompt tokens after the word)."""
+    k = min(r["mass"].shape[2] for r in rows)
+    mass = torch.stack([r["mass"][:, :, :k] for r in rows]).mean(0)  # [L, H, K, 2]
+    named = sum(r["named"] for r in rows) / len(rows)
+    other = sum(r["other"] for r in rows) / len(rows)
+    return (mass[..., 0] / named) / (mass[..., 1] / other).clamp_min(1e-12)
