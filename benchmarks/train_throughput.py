@@ -219,7 +219,7 @@ def run_trainer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def free_memory(device: torch.device) -> None:
-    torch._dynamo.reset()  # compiled code of the previous variant goes too
+    torch.compiler.reset()  # compiled code of the previous variant goes too
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
