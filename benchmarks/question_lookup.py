@@ -1,6 +1,6 @@
 """Does the decoder find in the image what a question's word names? Cross-attention selectivity per question kind.
 
-    python benchmarks/question_lookup.py --model runs/demo/model --data-root data/synthetic --split val
+    python -m benchmarks.question_lookup --model runs/demo/model --data-root data/synthetic --split val
 
 For the first word of each question that names some objects of its scene but not all (a colour, a shape, or its
 plural: "how many circles can you see?"), the prompt is teacher-forced and every decoder cross-attention head is
@@ -14,14 +14,13 @@ benchmarks/results/question_lookup_cpu.json, the whole [L, H, K] table per group
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from benchmarks.record import RESULTS, environment, print_table, write_results
 from vision_attn.data.layout import find_split_files, read_split
 from vision_attn.inference import Pipeline
 from vision_attn.pointing import lookup_selectivity, question_lookup, read_scenes
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="benchmarks/results/question_lookup_cpu.json")
+    p.add_argument("--out", default=str(RESULTS / "question_lookup_cpu.json"))
     args = p.parse_args(argv)
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
@@ -57,32 +56,32 @@ def main(argv: list[str] | None = None) -> None:
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in rows:
         groups[(r["question_type"], r["kind"])].append(r)
-    summary = {}
-    print("| question kind | word | questions | best head at the word | best head up to the answer |")
-    print("|---|---|---|---|---|")
-    for (qtype, kind), sel_rows in sorted(groups.items()):
-        sel = lookup_selectivity(sel_rows)
+    table = []
+    for (qtype, kind), group in sorted(groups.items()):
+        sel = lookup_selectivity(group)
         (at_word, where_word), (anywhere, where_any) = best(sel[:, :, :1]), best(sel)
-        print(f"| {qtype} | {kind} | {len(sel_rows)} | {at_word:.1f}x ({where_word}) | {anywhere:.1f}x ({where_any}) |")
-        summary[f"{qtype}/{kind}"] = {
-            "questions": len(sel_rows),
-            "best_at_word": [round(at_word, 2), where_word],
-            "best_up_to_answer": [round(anywhere, 2), where_any],
-            "selectivity_layer_head_token": sel.round(decimals=2).tolist(),
-        }
-    result = {
-        "command": "python benchmarks/question_lookup.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+        table.append(
+            {
+                "question_kind": qtype,
+                "word": kind,
+                "questions": len(group),
+                "at_word": f"{at_word:.1f}x ({where_word})",
+                "up_to_answer": f"{anywhere:.1f}x ({where_any})",
+                "selectivity_layer_head_token": sel.round(decimals=2).tolist(),
+            }
+        )
+    columns = [("question_kind", "question kind", ""), ("word", "word", ""), ("questions", "questions", "d")]
+    columns += [("at_word", "best head at the word", ""), ("up_to_answer", "best head up to the answer", "")]
+    print_table(table, columns)
+    payload = {
+        "benchmark": "question_lookup",
+        "environment": environment(pipe.device, "question_lookup", argv),
         "model": str(args.model),
         "images": len(records),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "seconds": round(seconds, 1),
-        "summary": summary,
+        "results": table,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {out}")
+    write_results(Path(args.out), payload)
 
 
 if __name__ == "__main__":

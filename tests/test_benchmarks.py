@@ -9,11 +9,15 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
+from conftest import build_tiny_model, tiny_config
 from serving import serve_model_dir_fixture  # noqa: F401  (a fixture)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from vision_attn.data.datamodule import training_text
+from vision_attn.data.layout import read_split
 from vision_attn.data.synthetic.variants import VARIANTS
+from vision_attn.data.tokenizer import TextCodec, save_tokenizer, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,3 +137,24 @@ def test_suite_quick_trains_and_scores_each_variant(tmp_path: Path, monkeypatch:
     assert shapes64["bleu4"] is None and shapes64["questions"] == 8 * 4  # VQA only: 8 val images, 4 questions each
     assert isinstance(counting["bleu4"], float) and counting["questions"] == 8 * 6
     assert (tmp_path / "quick" / "counting" / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_question_lookup_writes_results(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An untrained tiny model with the tokenizer of the tiny set, so that its colour and shape words are tokens."""
+    tokenizer = train_tokenizer(training_text(read_split(synthetic_root, "train")))
+    config = tiny_config(vocab_size=TextCodec(tokenizer).vocab_size, max_len=64)
+    model_dir = tmp_path / "model"
+    build_tiny_model(config).save_pretrained(model_dir)
+    save_tokenizer(tokenizer, model_dir / "tokenizer.json")
+    lookup = bench("question_lookup", monkeypatch)
+    out = tmp_path / "lookup.json"
+    lookup.main(["--model", str(model_dir), "--data-root", str(synthetic_root), "--out", str(out)])
+    payload = json.loads(out.read_text())
+    assert payload["environment"]["torch"] == torch.__version__ and payload["images"] == 16
+    layers, heads = config.decoder.depth, config.decoder.num_heads
+    kinds = {(r["question_kind"], r["word"]) for r in payload["results"]}
+    assert ("shape", "color") in kinds and ("color", "category") in kinds  # "...the red object?", "...the circle?"
+    for row in payload["results"]:
+        sel = torch.tensor(row["selectivity_layer_head_token"])
+        assert sel.shape[:2] == (layers, heads) and sel.shape[2] >= 1 and (sel >= 0).all()
+        assert row["at_word"].endswith(")") and row["questions"] >= 1
