@@ -167,10 +167,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _forms(word: str) -> set[str]:
+    """A word as it may name objects: itself and, for a plural, its singular ("circles," -> circles, circle)."""
+    word = word.strip(string.punctuation).lower()
+    return {word, word[:-1]} if word.endswith("s") else {word}
+
+
 def named_objects(word: str, scene: Scene) -> list[SceneObject]:
     """Every object `word` names, a plural too ("circles" -> the circles; "red," -> the red objects)."""
-    word = word.strip(string.punctuation).lower()
-    return [o for o in scene.objects if word in o.names or (word.endswith("s") and word[:-1] in o.names)]
+    forms = _forms(word)
+    return [o for o in scene.objects if forms & o.names]
 
 
 def question_lookup(pipe: Pipeline, records: Sequence[ImageRecord], scenes: dict[int, Scene]) -> list[dict[str, Any]]:
@@ -191,31 +197,32 @@ def question_lookup(pipe: Pipeline, records: Sequence[ImageRecord], scenes: dict
             scene = scenes.get(r.image_id)
             if scene is None or not r.questions:
                 continue
-            image = pipe.preprocess(r.path)[None].to(pipe.device)
+            masks = {o: box_patches(o.box, scene.width, scene.height, grid) for o in scene.objects}  # [N] each
+            in_any = torch.stack(list(masks.values())).any(0)
+            asked = []  # (question, prompt ids, word's token index, word, its objects' patches)
             for q in r.questions:
                 ids = vqa_prompt(codec, q.question)
-                words = [codec.tok.decode([i]).strip(string.punctuation + " ").lower() for i in ids]
-                hit = next(
-                    (
-                        (t, w)
-                        for t, w in enumerate(words)
-                        if w and 0 < len(named_objects(w, scene)) < len(scene.objects)
-                    ),
-                    None,
-                )
-                if hit is None:
-                    continue
-                t, word = hit
-                named = named_objects(word, scene)
-                masks = [box_patches(o.box, scene.width, scene.height, grid) for o in scene.objects]
-                in_named = torch.stack([m for m, o in zip(masks, scene.objects, strict=True) if o in named]).any(0)
-                in_other = torch.stack(masks).any(0) & ~in_named
-                if not in_named.any() or not in_other.any():
-                    continue
-                model(image, torch.tensor([ids], device=pipe.device))
-                w = torch.stack([x[0, :, t:] for x in rec.weights]).float().cpu()  # [L, H, K, N]
+                for t, i in enumerate(ids):
+                    word = codec.tok.decode([i]).strip(string.punctuation + " ").lower()
+                    named = named_objects(word, scene) if word else []
+                    if 0 < len(named) < len(scene.objects):
+                        in_named = torch.stack([masks[o] for o in named]).any(0)
+                        if in_named.any() and (in_any & ~in_named).any():
+                            asked.append((q, ids, t, word, named, in_named))
+                        break  # only the first word that names some objects
+            if not asked:
+                continue
+            # one forward for the image and all its questions, right-padded: causal, so padding changes nothing
+            width = max(len(a[1]) for a in asked)
+            ids = torch.tensor([a[1] + [codec.pad] * (width - len(a[1])) for a in asked], device=pipe.device)
+            image = pipe.preprocess(r.path)[None].to(pipe.device)
+            model(image, ids, torch.zeros(len(asked), dtype=torch.long, device=pipe.device))
+            weights = torch.stack(rec.weights).float().cpu()  # [L, M, H, T, N]
+            for m, (q, prompt, t, word, named, in_named) in enumerate(asked):
+                in_other = in_any & ~in_named
+                w = weights[:, m, :, t : len(prompt)]  # [L, H, K, N]
                 mass = torch.stack([w[..., in_named].sum(-1), w[..., in_other].sum(-1)], dim=-1)  # [L, H, K, 2]
-                kind = "category" if any(word in (o.category, o.category + "s") for o in named) else "color"
+                kind = "category" if any(o.category in _forms(word) for o in named) else "color"
                 rows.append(
                     {
                         "question_type": q.question_type,
